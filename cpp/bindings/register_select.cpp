@@ -1,0 +1,99 @@
+#include <string>
+#include <vector>
+
+#include "arrays.hpp"
+#include "select.hpp"
+#include "topk.hpp"
+
+namespace py = pybind11;
+using namespace ntkal;
+using namespace ntkal::bind;
+
+Precision parse_precision(const std::string& p);
+
+static py::tuple as_tuple(Selection&& s) {
+  return py::make_tuple(to_numpy(std::move(s.indices)), to_numpy(std::move(s.scores)));
+}
+
+void register_select(py::module_& m) {
+  py::class_<TopK>(m, "TopK")
+      .def(py::init<int64_t>(), py::arg("k"))
+      .def("push",
+           [](TopK& t, const F64& values, int64_t base) {
+             const double* v = values.data();
+             const int64_t n = values.size();
+             py::gil_scoped_release release;
+             t.push(v, n, base);
+           })
+      .def("result",
+           [](TopK& t) {
+             std::vector<int64_t> idx;
+             std::vector<double> val;
+             {
+               py::gil_scoped_release release;
+               t.result(idx, val);
+             }
+             return py::make_tuple(to_numpy(std::move(idx)), to_numpy(std::move(val)));
+           })
+      .def_property_readonly("seen", &TopK::seen);
+
+  m.def("select_greedy_pv",
+        [](const Posterior& post, const F32& rows, const py::object& offsets, int64_t n,
+           const py::object& initial_pv) {
+          BlocksView b = blocks_view(rows, offsets, "select");
+          const double* init = nullptr;
+          F64 init_arr;
+          if (!initial_pv.is_none()) {
+            init_arr = initial_pv.cast<F64>();
+            if (init_arr.size() != b.n_blocks) throw InvalidArgument("select: initial_pv has the wrong length");
+            init = init_arr.data();
+          }
+          Selection s;
+          {
+            py::gil_scoped_release release;
+            s = select_greedy_pv(post, b, n, init);
+          }
+          return as_tuple(std::move(s));
+        },
+        py::arg("posterior"), py::arg("rows"), py::arg("offsets"), py::arg("n"), py::arg("initial_pv"));
+
+  m.def("select_by_distance",
+        [](const std::string& method, const F32& x, const py::object& train, int64_t n,
+           const std::string& precision) {
+          DistanceMethod dm;
+          if (method == "lcmd")
+            dm = DistanceMethod::Lcmd;
+          else if (method == "maxdist")
+            dm = DistanceMethod::MaxDist;
+          else
+            throw InvalidArgument("select: unknown distance method '" + method + "'");
+          RowsView xv = rows_view(x, "select");
+          RowsView tv{nullptr, 0, xv.dim};
+          F32 tarr;
+          if (!train.is_none()) {
+            tarr = train.cast<F32>();
+            tv = rows_view(tarr, "select");
+          }
+          const Precision p = parse_precision(precision);
+          Selection s;
+          {
+            py::gil_scoped_release release;
+            s = select_by_distance(dm, xv, tv, n, p);
+          }
+          return as_tuple(std::move(s));
+        },
+        py::arg("method"), py::arg("vectors"), py::arg("train_vectors"), py::arg("n"), py::arg("precision"));
+
+  m.def("gram_sketch",
+        [](const F32& rows, const py::object& offsets, int64_t out_dim, uint64_t seed) {
+          BlocksView b = blocks_view(rows, offsets, "gram_sketch");
+          py::array_t<float> out({b.n_blocks, out_dim});
+          float* o = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            gram_sketch(b, out_dim, seed, o);
+          }
+          return out;
+        },
+        py::arg("rows"), py::arg("offsets"), py::arg("out_dim"), py::arg("seed"));
+}

@@ -1,0 +1,96 @@
+// The single place that names BLAS and LAPACK symbols. The scipy-openblas32 wheel prefixes
+// every symbol with `scipy_`; a system BLAS uses the plain names.
+#include "blas.hpp"
+
+#include <climits>
+#include <stdexcept>
+
+#if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
+#define NTKAL_SYM(name) scipy_##name
+#else
+#define NTKAL_SYM(name) name
+#endif
+
+extern "C" {
+enum { kRowMajor = 101 };
+enum { kNoTrans = 111, kTrans = 112 };
+enum { kUpper = 121, kLower = 122 };
+enum { kNonUnit = 131 };
+enum { kRight = 142 };
+void NTKAL_SYM(cblas_sgemm)(int, int, int, int, int, int, float, const float*, int, const float*, int, float,
+                            float*, int);
+void NTKAL_SYM(cblas_dgemm)(int, int, int, int, int, int, double, const double*, int, const double*, int, double,
+                            double*, int);
+void NTKAL_SYM(cblas_dsyrk)(int, int, int, int, int, double, const double*, int, double, double*, int);
+void NTKAL_SYM(cblas_dtrsm)(int, int, int, int, int, int, int, double, const double*, int, double*, int);
+void NTKAL_SYM(dpotrf_)(const char*, const int*, double*, const int*, int*, std::size_t);
+void NTKAL_SYM(dtrtri_)(const char*, const char*, const int*, double*, const int*, int*, std::size_t, std::size_t);
+#if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
+void scipy_openblas_set_num_threads(int);
+#else
+void openblas_set_num_threads(int) __attribute__((weak));
+#endif
+}
+
+namespace ntkal::blas {
+
+static int i32(int64_t v) {
+  if (v < 0 || v > INT_MAX) throw std::length_error("ntkal: BLAS dimension out of 32-bit range");
+  return static_cast<int>(v);
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  NTKAL_SYM(cblas_sgemm)(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, i32(m), i32(n), i32(k), alpha, a,
+                         i32(lda), b, i32(ldb), beta, c, i32(ldc));
+}
+
+void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  NTKAL_SYM(cblas_dgemm)(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, i32(m), i32(n), i32(k), alpha, a,
+                         i32(lda), b, i32(ldb), beta, c, i32(ldc));
+}
+
+void syrk_lower_xtx(int64_t n, int64_t k, double alpha, const double* x, int64_t ldx, double beta, double* c,
+                    int64_t ldc) {
+  if (n == 0 || k == 0) return;
+  NTKAL_SYM(cblas_dsyrk)(kRowMajor, kLower, kTrans, i32(n), i32(k), alpha, x, i32(ldx), beta, c, i32(ldc));
+}
+
+// Row-major lower == column-major upper, so LAPACK is called with 'U'.
+int potrf_lower(int64_t n, double* a, int64_t lda) {
+  int nn = i32(n), ld = i32(lda), info = 0;
+  NTKAL_SYM(dpotrf_)("U", &nn, a, &ld, &info, 1);
+  return info;
+}
+
+int trtri_lower(int64_t n, double* a, int64_t lda) {
+  int nn = i32(n), ld = i32(lda), info = 0;
+  NTKAL_SYM(dtrtri_)("U", "N", &nn, a, &ld, &info, 1, 1);
+  return info;
+}
+
+void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb) {
+  if (m == 0 || n == 0) return;
+  NTKAL_SYM(cblas_dtrsm)(kRowMajor, kRight, kLower, kTrans, kNonUnit, i32(m), i32(n), 1.0, l, i32(ldl), b, i32(ldb));
+}
+
+void set_num_threads(int n) {
+#if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
+  scipy_openblas_set_num_threads(n);
+#else
+  if (openblas_set_num_threads) openblas_set_num_threads(n);
+#endif
+}
+
+const char* provider() {
+#if defined(NTKAL_BLAS_NAME)
+  return NTKAL_BLAS_NAME;
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace ntkal::blas

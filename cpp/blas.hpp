@@ -1,0 +1,25 @@
+// Thin typed wrappers over BLAS/LAPACK. blas.cpp is the only file that names BLAS symbols.
+// All matrices are row-major; 32-bit BLAS integers, so callers chunk to keep dims < 2^31.
+#pragma once
+#include <cstdint>
+
+namespace ntkal::blas {
+
+// C = alpha * op(A) * op(B) + beta * C
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
+          const float* b, int64_t ldb, float beta, float* c, int64_t ldc);
+void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double alpha, const double* a, int64_t lda,
+          const double* b, int64_t ldb, double beta, double* c, int64_t ldc);
+// Lower triangle of C (n x n) = alpha * X^T X + beta * C, X is k x n.
+void syrk_lower_xtx(int64_t n, int64_t k, double alpha, const double* x, int64_t ldx, double beta, double* c,
+                    int64_t ldc);
+// In-place Cholesky of the lower triangle: A = L L^T. Returns LAPACK info (0 on success).
+int potrf_lower(int64_t n, double* a, int64_t lda);
+// In-place inverse of a lower-triangular matrix. Returns LAPACK info.
+int trtri_lower(int64_t n, double* a, int64_t lda);
+// B (m x n) <- B * inv(L)^T, L lower (n x n): solves rows x L^T = b.
+void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb);
+void set_num_threads(int n);
+const char* provider();
+
+}  // namespace ntkal::blas

@@ -1,0 +1,168 @@
+#include "posterior.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "blas.hpp"
+
+namespace ntkal {
+
+Posterior::Posterior(int64_t dim, double noise_var, bool scale, Precision precision)
+    : dim_(dim), noise_var_(noise_var), scale_(scale), precision_(precision) {
+  if (dim <= 0) throw InvalidArgument("Posterior: dim must be > 0, got " + std::to_string(dim));
+  if (!(noise_var > 0.0) || !std::isfinite(noise_var))
+    throw InvalidArgument("Posterior: noise_var must be finite and > 0, got " + std::to_string(noise_var));
+  gram_.assign(static_cast<size_t>(dim * dim), 0.0);
+}
+
+Posterior::Posterior(const Posterior& o)
+    : dim_(o.dim_), noise_var_(o.noise_var_), scale_(o.scale_), precision_(o.precision_) {
+  std::lock_guard<std::mutex> lock(o.mutex_);
+  n_rows_ = o.n_rows_;
+  n_blocks_ = o.n_blocks_;
+  trace_ = o.trace_;
+  gram_ = o.gram_;
+}
+
+void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
+  const int64_t chunk = std::max<int64_t>(1, kChunkElems / dim_);
+  std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim_));
+  double tr = 0.0;
+  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, n_rows - r0);
+    const float* src = rows + r0 * dim_;
+#pragma omp parallel for schedule(static) reduction(+ : tr) if (n * dim_ > 65536)
+    for (int64_t i = 0; i < n * dim_; ++i) {
+      buf[i] = src[i];
+      tr += buf[i] * buf[i];
+    }
+    blas::syrk_lower_xtx(dim_, n, 1.0, buf.data(), dim_, 1.0, gram_.data(), dim_);
+  }
+  std::lock_guard<std::mutex> lock(mutex_);
+  n_rows_ += n_rows;
+  n_blocks_ += n_blocks;
+  trace_ += tr;
+  dirty_ = true;
+}
+
+void Posterior::factor_locked() const {
+  const int64_t d = dim_;
+  c_ = (scale_ && n_rows_ > 0 && trace_ > 0.0) ? static_cast<double>(n_rows_) / trace_ : 1.0;
+  double mean_diag = noise_var_ + c_ * trace_ / static_cast<double>(d);
+  chol_.assign(static_cast<size_t>(d * d), 0.0);
+  // Bounded jitter retry: A is SPD in exact arithmetic (noise_var > 0); rounding can break that
+  // only when noise_var is tiny relative to the Gram matrix.
+  jitter_ = 0.0;
+  for (int attempt = 0; attempt <= 6; ++attempt) {
+    for (int64_t i = 0; i < d; ++i) {
+      for (int64_t j = 0; j <= i; ++j) chol_[i * d + j] = c_ * gram_[i * d + j];
+      chol_[i * d + i] += noise_var_ + jitter_;
+    }
+    if (blas::potrf_lower(d, chol_.data(), d) == 0) break;
+    if (attempt == 6)
+      throw NumericalError("Posterior: Cholesky of A = noise_var*I + sum Phi^T Phi failed even with jitter " +
+                           std::to_string(jitter_) + "; increase noise_var (now " + std::to_string(noise_var_) +
+                           ") or check the training features");
+    jitter_ = mean_diag * 1e-12 * std::pow(100.0, attempt);
+  }
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = i + 1; j < d; ++j) chol_[i * d + j] = 0.0;  // LAPACK leaves the other triangle alone
+  std::vector<double> inv(chol_);
+  if (blas::trtri_lower(d, inv.data(), d) != 0) throw NumericalError("Posterior: triangular inverse failed");
+  const double sc = std::sqrt(c_);
+  inv_chol32_.resize(static_cast<size_t>(d * d));
+  for (int64_t i = 0; i < d * d; ++i) inv_chol32_[i] = static_cast<float>(sc * inv[i]);
+  dirty_ = false;
+}
+
+void Posterior::ensure_factor() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (dirty_) factor_locked();
+}
+
+double Posterior::feature_scale() const {
+  ensure_factor();
+  return c_;
+}
+
+double Posterior::jitter() const {
+  ensure_factor();
+  return jitter_;
+}
+
+std::vector<double> Posterior::cholesky() const {
+  ensure_factor();
+  return chol_;
+}
+
+std::vector<double> Posterior::gram() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<double> g(gram_);
+  for (int64_t i = 0; i < dim_; ++i)
+    for (int64_t j = i + 1; j < dim_; ++j) g[i * dim_ + j] = g[j * dim_ + i];
+  return g;
+}
+
+void Posterior::whiten(const float* rows, int64_t n, double* out) const {
+  ensure_factor();
+  const int64_t d = dim_;
+  for (int64_t i = 0; i < n * d; ++i) out[i] = rows[i];
+  blas::trsm_right_lower_trans(n, d, chol_.data(), d, out, d);  // rows <- rows L^{-T}
+  const double sc = std::sqrt(c_);
+  if (sc != 1.0)
+    for (int64_t i = 0; i < n * d; ++i) out[i] *= sc;
+}
+
+void Posterior::variance(const BlocksView& blocks, bool intensive, double* out) const {
+  ensure_factor();
+  const int64_t d = dim_, n_rows = blocks.rows.n_rows;
+  std::fill(out, out + blocks.n_blocks, 0.0);
+  if (n_rows == 0) return;
+  const int64_t chunk = std::max<int64_t>(1, kChunkElems / d);
+  const int64_t buf_rows = std::min(chunk, n_rows);
+  std::vector<float> w32;
+  std::vector<double> w64;
+  if (precision_ == Precision::Float32)
+    w32.resize(static_cast<size_t>(buf_rows * d));
+  else
+    w64.resize(static_cast<size_t>(buf_rows * d));
+  std::vector<double> norms(static_cast<size_t>(buf_rows));
+  int64_t block = 0;  // first block that may own row r0
+  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, n_rows - r0);
+    const float* src = blocks.rows.data + r0 * d;
+    if (precision_ == Precision::Float32) {
+      // W = Phi (sqrt(c) L^{-1})^T: the one GEMM that dominates scoring
+      blas::gemm(false, true, n, d, d, 1.0f, src, d, inv_chol32_.data(), d, 0.0f, w32.data(), d);
+#pragma omp parallel for schedule(static) if (n * d > 65536)
+      for (int64_t i = 0; i < n; ++i) {
+        const float* w = w32.data() + i * d;
+        double s = 0.0;
+        for (int64_t j = 0; j < d; ++j) s += static_cast<double>(w[j]) * w[j];
+        norms[i] = s;
+      }
+    } else {
+      whiten(src, n, w64.data());
+#pragma omp parallel for schedule(static) if (n * d > 65536)
+      for (int64_t i = 0; i < n; ++i) {
+        const double* w = w64.data() + i * d;
+        double s = 0.0;
+        for (int64_t j = 0; j < d; ++j) s += w[j] * w[j];
+        norms[i] = s;
+      }
+    }
+    // Per-block sums: blocks are contiguous row ranges, so walk them in order.
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t r = r0 + i;
+      while (blocks.end(block) <= r) ++block;
+      out[block] += norms[i];
+    }
+  }
+  for (int64_t b = 0; b < blocks.n_blocks; ++b) {
+    out[b] *= noise_var_;
+    if (intensive && blocks.size(b) > 0) out[b] /= static_cast<double>(blocks.size(b));
+  }
+}
+
+}  // namespace ntkal

@@ -1,0 +1,21 @@
+"""ntkal: choose which atomic structures to label next, scored with the model's own neural tangent kernel.
+
+Public API: :class:`Sketch`, :class:`Posterior`, :func:`shortlist`, :func:`select`, :class:`Selection`,
+:class:`Blocks`, :func:`build_info`. PyTorch Jacobian export lives in :mod:`ntkal.torch` (optional).
+"""
+from ._loader import _core
+from .blocks import Blocks
+from .info import build_info, get_num_threads, set_num_threads
+from .posterior import Posterior
+from .select import METHODS, Selection, distance_vectors, select
+from .shortlist import shortlist
+from .sketch import Sketch
+
+InvalidArgumentError = _core.InvalidArgumentError
+NumericalError = _core.NumericalError
+__version__ = _core.__version__
+
+__all__ = [
+    "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "Selection", "Sketch",
+    "build_info", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
+]

@@ -1,0 +1,40 @@
+"""Build and runtime information."""
+from __future__ import annotations
+
+from ._arrays import as_int
+from ._loader import _core
+
+
+def build_info() -> dict:
+    """Version, BLAS provider, threads and CUDA availability. Never raises.
+
+    Returns
+    -------
+    dict
+        ``version``, ``blas``, ``num_threads``, ``cuda_compiled`` (bool), ``cuda_devices`` (list of names).
+    """
+    info = {
+        "version": _core.__version__,
+        "blas": _core.blas_provider,
+        "num_threads": _core.get_num_threads(),
+        "cuda_compiled": bool(getattr(_core, "cuda_compiled", False)),
+        "cuda_devices": [],
+    }
+    if info["cuda_compiled"]:
+        try:
+            from . import _cuda_backend
+
+            info["cuda_devices"] = list(_cuda_backend.device_names())
+        except Exception as exc:  # no driver, no device: still a valid answer
+            info["cuda_error"] = str(exc)
+    return info
+
+
+def set_num_threads(n: int) -> None:
+    """Threads for the engine's OpenMP loops and BLAS calls."""
+    _core.set_num_threads(as_int(n, "set_num_threads", "n", low=1))
+
+
+def get_num_threads() -> int:
+    """Threads the engine currently uses."""
+    return _core.get_num_threads()
