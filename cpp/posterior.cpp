@@ -28,21 +28,19 @@ Posterior::Posterior(const Posterior& o)
 void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
   const int64_t chunk = std::max<int64_t>(1, kChunkElems / dim_);
   std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim_));
-  double tr = 0.0;
   for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
     const int64_t n = std::min(chunk, n_rows - r0);
     const float* src = rows + r0 * dim_;
-#pragma omp parallel for schedule(static) reduction(+ : tr) if (n * dim_ > 65536)
-    for (int64_t i = 0; i < n * dim_; ++i) {
-      buf[i] = src[i];
-      tr += buf[i] * buf[i];
-    }
+#pragma omp parallel for schedule(static) if (n * dim_ > 65536)
+    for (int64_t i = 0; i < n * dim_; ++i) buf[i] = src[i];
     blas::syrk_lower_xtx(dim_, n, 1.0, buf.data(), dim_, 1.0, gram_.data(), dim_);
   }
   std::lock_guard<std::mutex> lock(mutex_);
   n_rows_ += n_rows;
   n_blocks_ += n_blocks;
-  trace_ += tr;
+  // trace from the Gram diagonal: no thread-count-dependent reduction order
+  trace_ = 0.0;
+  for (int64_t i = 0; i < dim_; ++i) trace_ += gram_[i * dim_ + i];
   dirty_ = true;
 }
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import as_int, fail, is_device_array
+from ._arrays import as_int, fail, is_device_array, rows_and_offsets
 from ._loader import _core
 from .blocks import Blocks
 from .posterior import Posterior
@@ -11,6 +11,11 @@ from .posterior import Posterior
 
 def _is_array_like(x) -> bool:
     return isinstance(x, (np.ndarray, Blocks)) or hasattr(x, "__array__") or hasattr(x, "__cuda_array_interface__")
+
+
+def _score(rows, offsets, posterior: Posterior, intensive: bool) -> np.ndarray:
+    rows, offsets = rows_and_offsets(rows, offsets, "shortlist", posterior.dim)
+    return posterior._p.variance(rows, offsets, bool(intensive))
 
 
 def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = False,
@@ -49,7 +54,7 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
             from . import _cuda_backend
 
             return _cuda_backend.shortlist(rows, offsets, posterior, k, intensive)
-        pv = posterior.variance(rows, offsets, intensive=intensive)
+        pv = _score(rows, offsets, posterior, intensive)
         if k > pv.shape[0]:
             fail("shortlist", f"k must be <= the pool size {pv.shape[0]}; got {k}")
         top = _core.TopK(k)
@@ -61,9 +66,9 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
     base = 0
     for chunk in rows:
         if isinstance(chunk, Blocks):
-            pv = posterior.variance(chunk, intensive=intensive)
+            pv = _score(chunk, None, posterior, intensive)
         elif isinstance(chunk, tuple) and len(chunk) == 2:
-            pv = posterior.variance(chunk[0], chunk[1], intensive=intensive)
+            pv = _score(chunk[0], chunk[1], posterior, intensive)
         else:
             fail("shortlist", f"each chunk must be a (rows, offsets) tuple or Blocks; got {type(chunk).__name__}")
         top.push(pv, base)
