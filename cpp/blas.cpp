@@ -3,7 +3,9 @@
 #include "blas.hpp"
 
 #include <climits>
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
 #define NTKAL_SYM(name) scipy_##name
@@ -25,6 +27,8 @@ void NTKAL_SYM(cblas_dsyrk)(int, int, int, int, int, double, const double*, int,
 void NTKAL_SYM(cblas_dtrsm)(int, int, int, int, int, int, int, double, const double*, int, double*, int);
 void NTKAL_SYM(dpotrf_)(const char*, const int*, double*, const int*, int*, std::size_t);
 void NTKAL_SYM(dtrtri_)(const char*, const char*, const int*, double*, const int*, int*, std::size_t, std::size_t);
+void NTKAL_SYM(dsyev_)(const char*, const char*, const int*, double*, const int*, double*, double*, const int*, int*,
+                       std::size_t, std::size_t);
 #if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
 void scipy_openblas_set_num_threads(int);
 #else
@@ -75,6 +79,18 @@ int trtri_lower(int64_t n, double* a, int64_t lda) {
 void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb) {
   if (m == 0 || n == 0) return;
   NTKAL_SYM(cblas_dtrsm)(kRowMajor, kRight, kLower, kTrans, kNonUnit, i32(m), i32(n), 1.0, l, i32(ldl), b, i32(ldb));
+}
+
+// Row-major lower == column-major upper; column-major eigenvectors read row-major are rows.
+int syev(int64_t n, double* a, int64_t lda, double* w) {
+  int nn = i32(n), ld = i32(lda), info = 0, lwork = -1;
+  double query = 0.0;
+  NTKAL_SYM(dsyev_)("V", "U", &nn, a, &ld, w, &query, &lwork, &info, 1, 1);
+  if (info != 0) return info;
+  lwork = static_cast<int>(query);
+  std::vector<double> work(static_cast<size_t>(std::max(lwork, 1)));
+  NTKAL_SYM(dsyev_)("V", "U", &nn, a, &ld, w, work.data(), &lwork, &info, 1, 1);
+  return info;
 }
 
 void set_num_threads(int n) {

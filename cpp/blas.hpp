@@ -19,6 +19,9 @@ int potrf_lower(int64_t n, double* a, int64_t lda);
 int trtri_lower(int64_t n, double* a, int64_t lda);
 // B (m x n) <- B * inv(L)^T, L lower (n x n): solves rows x L^T = b.
 void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb);
+// Eigen-decomposition of a symmetric matrix (lower triangle read): ascending eigenvalues into w,
+// eigenvectors into the rows of a (row i pairs with w[i]). Returns LAPACK info.
+int syev(int64_t n, double* a, int64_t lda, double* w);
 void set_num_threads(int n);
 const char* provider();
 

@@ -14,109 +14,12 @@
 
 #include "blas.hpp"
 #include "select.hpp"
+#include "nearest_centre.hpp"
 #include "topk.hpp"
 
 namespace ntkal {
 
 namespace {
-
-double sqdist(const float* a, const float* b, int64_t e) {
-  double s = 0.0;
-  for (int64_t k = 0; k < e; ++k) {
-    const double diff = static_cast<double>(a[k]) - static_cast<double>(b[k]);
-    s += diff * diff;
-  }
-  return s;
-}
-
-double sqnorm(const float* a, int64_t e) {
-  double s = 0.0;
-  for (int64_t k = 0; k < e; ++k) s += static_cast<double>(a[k]) * a[k];
-  return s;
-}
-
-// Nearest train vector of every candidate: blocked GEMM with running min/argmin. Both sides are
-// centred on the train mean first: distances are translation-invariant, and ||t||^2 - 2 x.t in
-// float32 would otherwise lose the small differences between features that share a large offset.
-template <class T>
-void nearest_train(const RowsView& x, const RowsView& tr, std::vector<int64_t>& owner) {
-  const int64_t e = x.dim, nx = x.n_rows, nt = tr.n_rows;
-  constexpr int64_t kPoolTile = 2048, kTrainTile = 4096;
-  std::vector<double> mean(static_cast<size_t>(e), 0.0);
-  for (int64_t j = 0; j < nt; ++j)
-    for (int64_t k = 0; k < e; ++k) mean[k] += tr.row(j)[k];
-  for (double& m : mean) m /= static_cast<double>(nt);
-  std::vector<T> tc(static_cast<size_t>(nt * e));  // centred train
-  std::vector<double> tnorm(static_cast<size_t>(nt));
-#pragma omp parallel for schedule(static)
-  for (int64_t j = 0; j < nt; ++j) {
-    double s = 0.0;
-    for (int64_t k = 0; k < e; ++k) {
-      const T v = static_cast<T>(tr.row(j)[k] - mean[k]);
-      tc[j * e + k] = v;
-      s += static_cast<double>(v) * v;
-    }
-    tnorm[j] = s;
-  }
-  std::vector<T> xc(static_cast<size_t>(std::min(kPoolTile, nx) * e));
-  std::vector<T> g(static_cast<size_t>(std::min(kPoolTile, nx) * std::min(kTrainTile, nt)));
-  // Rounding in the GEMM form can reorder near-equal distances, so every train index within a
-  // rounding bound of the running best is kept and the winner is decided on exact float64 distances
-  // (ties: lowest index, like a sequential scan with strict <).
-  const double eps = std::is_same_v<T, float> ? 5.96e-8 : 1.12e-16;
-  const double tmax = nt ? *std::max_element(tnorm.begin(), tnorm.end()) : 0.0;
-  std::vector<double> best(static_cast<size_t>(kPoolTile)), tol(static_cast<size_t>(kPoolTile));
-  std::vector<std::vector<int64_t>> near(static_cast<size_t>(kPoolTile));
-  for (int64_t i0 = 0; i0 < nx; i0 += kPoolTile) {
-    const int64_t ni = std::min(kPoolTile, nx - i0);
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < ni; ++i) {
-      double xn = 0.0;
-      for (int64_t k = 0; k < e; ++k) {
-        const T v = static_cast<T>(x.row(i0 + i)[k] - mean[k]);
-        xc[i * e + k] = v;
-        xn += static_cast<double>(v) * v;
-      }
-      tol[i] = 8.0 * (e + 2) * eps * (xn + tmax) + 1e-300;
-      best[i] = std::numeric_limits<double>::infinity();
-      near[i].clear();
-    }
-    for (int64_t j0 = 0; j0 < nt; j0 += kTrainTile) {
-      const int64_t nj = std::min(kTrainTile, nt - j0);
-      blas::gemm(false, true, ni, nj, e, T(1), xc.data(), e, tc.data() + j0 * e, e, T(0), g.data(), nj);
-#pragma omp parallel for schedule(static)
-      for (int64_t i = 0; i < ni; ++i) {
-        // ||x||^2 is constant per row: compare ||t||^2 - 2 x.t
-        const T* gi = g.data() + i * nj;
-        double b = best[i];
-        const double t_i = tol[i];
-        auto& nr = near[i];
-        for (int64_t j = 0; j < nj; ++j) {
-          const double v = tnorm[j0 + j] - 2.0 * static_cast<double>(gi[j]);
-          if (v <= b + t_i) {
-            if (v < b - t_i) nr.clear();
-            nr.push_back(j0 + j);
-            if (v < b) b = v;
-          }
-        }
-        best[i] = b;
-      }
-    }
-#pragma omp parallel for schedule(dynamic, 64)
-    for (int64_t i = 0; i < ni; ++i) {
-      double bd = std::numeric_limits<double>::infinity();
-      int64_t arg = -1;
-      for (int64_t j : near[i]) {
-        const double dd = sqdist(x.row(i0 + i), tr.row(j), e);
-        if (dd < bd || (dd == bd && j < arg)) {
-          bd = dd;
-          arg = j;
-        }
-      }
-      owner[i0 + i] = arg;
-    }
-  }
-}
 
 struct CentreState {
   const RowsView& x;
@@ -148,10 +51,7 @@ struct CentreState {
   }
   void init_with_train(Precision precision) {
     const int64_t nx = x.n_rows, nt = tr.n_rows;
-    if (precision == Precision::Float32)
-      nearest_train<float>(x, tr, owner);
-    else
-      nearest_train<double>(x, tr, owner);
+    nearest_train(x, tr, precision, owner);
     members.assign(static_cast<size_t>(nt), {});
     sum.assign(static_cast<size_t>(nt), 0.0);
     radius2.assign(static_cast<size_t>(nt), 0.0);

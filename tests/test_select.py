@@ -291,3 +291,25 @@ def test_gram_sketch_inner_products_estimate_kernel(gen):
     approx = z @ z.T
     # unbiased estimator; relative spread ~ sqrt(8 / e) for these sizes
     np.testing.assert_allclose(approx, exact, rtol=0.15)
+
+
+@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("offset", [0.0, 50.0])
+def test_train_centres_projected_bounds_route(ref, method, offset):
+    # >= 1024 train vectors of width >= 128 with a decaying spectrum take the engine's
+    # projected-bounds route (float32); it must pick exactly what brute force in float64 and the
+    # reference pick. Duplicated train rows create exact distance ties.
+    rng = np.random.default_rng(7)
+    d, n_train, n_pool = 128, 1100, 700
+    scales = (np.arange(1, d + 1, dtype=np.float64) ** -1.5)
+    basis = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    latent = rng.standard_normal((n_train + n_pool, d)) * scales
+    feats = (latent @ basis.T + offset).astype(np.float32)
+    train, pool = feats[:n_train].copy(), feats[n_train:].copy()
+    train[5] = train[900]  # exact duplicate centre: ties must go to the lower index
+    fast = ntkal.select(pool, None, 40, method=method, train_rows=train, precision="float32")
+    exact = ntkal.select(pool, None, 40, method=method, train_rows=train, precision="float64")
+    idx, scores = getattr(ref, method)(pool, 40, train)
+    np.testing.assert_array_equal(fast.indices, exact.indices)
+    np.testing.assert_array_equal(fast.indices, idx)
+    np.testing.assert_allclose(fast.scores, scores, rtol=1e-9, atol=1e-12 * float(np.max(scores)))
