@@ -4,18 +4,31 @@ Public API: :class:`Sketch`, :class:`Posterior`, :func:`shortlist`, :func:`selec
 :class:`Blocks`, :func:`build_info`. PyTorch Jacobian export lives in :mod:`ntkal.torch` (optional).
 """
 from ._loader import _core
+from .acquire import AcquisitionResult, acquire
 from .blocks import Blocks
 from .info import build_info, get_num_threads, set_num_threads
 from .posterior import Posterior
 from .select import METHODS, Selection, distance_vectors, select
 from .shortlist import shortlist
 from .sketch import Sketch
+from .io import StructureSource, write_structures
 
 InvalidArgumentError = _core.InvalidArgumentError
 NumericalError = _core.NumericalError
 __version__ = _core.__version__
 
+
+def __getattr__(name):
+    # ntkal.torch needs torch; import it only when asked for
+    if name == "torch":
+        import importlib
+
+        return importlib.import_module("ntkal.torch")
+    raise AttributeError(f"module 'ntkal' has no attribute {name!r}")
+
+
 __all__ = [
+    "AcquisitionResult", "StructureSource", "acquire", "write_structures",
     "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "Selection", "Sketch",
     "build_info", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
 ]

@@ -16,11 +16,12 @@ def fail(where: str, message: str):
 
 
 def is_device_array(x) -> bool:
-    """True for CUDA arrays (CuPy, PyTorch CUDA tensors, anything with __cuda_array_interface__)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        return True
-    is_cuda = getattr(x, "is_cuda", None)
-    return bool(is_cuda) if isinstance(is_cuda, bool) else False
+    """True for CUDA arrays (CuPy, PyTorch CUDA tensors, __cuda_array_interface__ or CUDA DLPack)."""
+    if isinstance(x, np.ndarray):
+        return False
+    from ._cuda_backend import is_device_array as on_device
+
+    return on_device(x)
 
 
 def _to_numpy(x, where: str, name: str):

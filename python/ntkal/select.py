@@ -60,6 +60,10 @@ def distance_vectors(rows, offsets=None, *, dim: int | None = None, seed: int = 
     -------
     ndarray, shape (n, d or dim), float32
     """
+    if is_device_array(rows):
+        from . import _cuda_backend
+
+        return _cuda_backend.distance_vectors(rows, offsets, dim=dim, seed=seed)
     rows, offsets = rows_and_offsets(rows, offsets, "distance_vectors")
     if offsets is None or np.all(np.diff(offsets) == 1):
         return rows
@@ -110,7 +114,8 @@ def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior 
     if is_device_array(rows):
         from . import _cuda_backend
 
-        return _cuda_backend.select(rows, offsets, n, method, posterior, train_rows, train_offsets, seed)
+        return _cuda_backend.select(rows, offsets, n, method, posterior, train_rows, train_offsets, seed,
+                                    noise_var=noise_var, precision=precision)
     rows, offsets = rows_and_offsets(rows, offsets, where)
     n_pool = rows.shape[0] if offsets is None else offsets.shape[0] - 1
     n = as_int(n, where, "n", low=0, high=n_pool)

@@ -1,6 +1,8 @@
 """Streaming top-k of posterior variance over a pool too large to hold at once."""
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from ._arrays import as_int, fail, is_device_array, rows_and_offsets
@@ -62,9 +64,19 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
         return top.result()
     if offsets is not None:
         fail("shortlist", "offsets must be None when rows is an iterable of (rows, offsets) chunks")
+    chunks = iter(rows)
+    first = next(chunks, None)
+    if first is not None:
+        first_rows = first.rows if isinstance(first, Blocks) else (first[0] if isinstance(first, tuple) else first)
+        if is_device_array(first_rows):
+            from . import _cuda_backend
+
+            return _cuda_backend.shortlist(itertools.chain([first], chunks), None, posterior, k, intensive,
+                                           progress=progress)
+        chunks = itertools.chain([first], chunks)
     top = _core.TopK(k)
     base = 0
-    for chunk in rows:
+    for chunk in chunks:
         if isinstance(chunk, Blocks):
             pv = _score(chunk, None, posterior, intensive)
         elif isinstance(chunk, tuple) and len(chunk) == 2:

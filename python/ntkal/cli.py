@@ -1,0 +1,307 @@
+"""``ntkal`` command line: select a batch, dump features, or run the demo.
+
+    ntkal select --model chgnet --train train.extxyz --pool pool.extxyz -n 100 --kernel joint --out selected.extxyz
+    ntkal features --model chgnet --structures pool.extxyz --kernel joint --out pool_features
+    ntkal demo
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+__all__ = ["main", "build_parser", "demo_structures"]
+
+KERNELS = ("energy", "force", "joint", "embedding", "last_layer")
+
+
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8))
+
+
+def _force_rows(text: str):
+    if text == "exact":
+        return "exact"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 'exact' or an integer k; got {text!r}") from None
+
+
+def _params(text: str):
+    return text if text in ("all", "readout") else [p for p in text.split(",") if p]
+
+
+def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=1024, rows_default="exact"):
+    g = p.add_argument_group("model and features")
+    g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet or toy (default chgnet)")
+    g.add_argument("--checkpoint", default=None, help="CHGNet checkpoint file instead of the shipped 0.3.0 weights")
+    g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
+    g.add_argument("--kernel", default=kernel_default, help=f"one of {', '.join(KERNELS)} (default {kernel_default})")
+    g.add_argument("--dim", type=int, default=dim_default, help=f"sketch width d (default {dim_default})")
+    g.add_argument("--sketch", default="sparse_sign", help="sparse_sign or gaussian (default sparse_sign)")
+    g.add_argument("--force-rows", type=_force_rows, default=rows_default,
+                   help=f"'exact' (3N rows) or k random force combinations (default {rows_default})")
+    g.add_argument("--energy-weight", type=float, default=1.0, help="weight of the energy row (default 1)")
+    g.add_argument("--force-weight", type=float, default=1.0, help="weight of each force row (default 1)")
+    g.add_argument("--params", type=_params, default=None,
+                   help="'all', 'readout' or comma-separated name patterns, e.g. 'mlp.*,readout_norm.*'")
+    g.add_argument("--seed", type=int, default=0, help="seed of the sketch, force combinations and selection")
+    g.add_argument("--workers", type=int, default=_default_workers(),
+                   help="CPU worker processes (default: available cores, at most 8)")
+    g.add_argument("--chunk-size", type=int, default=64, help="structures per feature chunk (default 64)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
+                                     "pick which structures to label next.")
+    sub = parser.add_subparsers(dest="command", metavar="{select,features,demo}")
+
+    p = sub.add_parser("select", help="select a batch from a pool", description="Score a pool with the model's NTK "
+                       "posterior variance and select a diverse batch; writes the chosen structures with their "
+                       "scores in atoms.info (ntkal_index, ntkal_pv, ntkal_score, ntkal_rank).")
+    p.add_argument("--train", default=None, help="labelled structures (extxyz or ASE db); omit for none")
+    p.add_argument("--pool", required=True, help="candidate structures (extxyz or ASE db)")
+    p.add_argument("-n", type=int, required=True, help="batch size")
+    p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
+    p.add_argument("--strategy", default="pv_lcmd", help="pv_lcmd, greedy_pv, topk or random (default pv_lcmd)")
+    p.add_argument("--shortlist", type=int, default=None, help="PV shortlist size (default max(10 n, 100))")
+    p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    p.add_argument("--intensive", action="store_true", help="rank by PV per row (mixed structure sizes)")
+    p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
+    _add_model_args(p)
+
+    p = sub.add_parser("features", help="dump feature blocks to .npy", description="Write OUT.rows.npy "
+                       "(n_rows, dim) float32 and OUT.offsets.npy (n + 1,) int64: structure i owns "
+                       "rows[offsets[i]:offsets[i+1]].")
+    p.add_argument("--structures", required=True, help="structures (extxyz or ASE db)")
+    p.add_argument("--out", required=True, help="output prefix")
+    _add_model_args(p)
+
+    p = sub.add_parser("demo", help="end-to-end demo on a generated Cu/CuAu pool with pretrained CHGNet",
+                       description="Generate Cu/CuAu cells by EMT molecular dynamics at several temperatures, "
+                       "featurize them with pretrained CHGNet (joint NTK, k force rows), select a batch, "
+                       "write it and print a summary.")
+    p.add_argument("-n", type=int, default=10, help="batch size (default 10)")
+    p.add_argument("--pool-size", type=int, default=240, help="pool structures to generate (default 240)")
+    p.add_argument("--train-size", type=int, default=20, help="training structures (300 K frames, default 20)")
+    p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
+    p.add_argument("--strategy", default="pv_lcmd", help="pv_lcmd, greedy_pv, topk or random (default pv_lcmd)")
+    p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    _add_model_args(p, dim_default=512, rows_default="4")
+    return parser
+
+
+def _featurizer(args):
+    from . import InvalidArgumentError
+    from .torch import Featurizer, models
+
+    if args.model not in models.MODELS:
+        raise InvalidArgumentError(f"--model must be one of {', '.join(sorted(models.MODELS))}; "
+                                   f"got {args.model!r}")
+    kwargs = {"device": args.device}
+    if args.checkpoint is not None:
+        if args.model != "chgnet":
+            raise InvalidArgumentError(f"--checkpoint is only supported with --model chgnet; got --model {args.model}")
+        kwargs["checkpoint"] = args.checkpoint
+    if args.model == "toy":
+        kwargs = {}
+    model = models.load(args.model, **kwargs)
+    return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
+                      energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,
+                      workers=args.workers, progress=False)
+
+
+def _write_selection(path, pool, result, extra_info=None):
+    from .io import write_structures
+
+    chosen = pool.take(result.indices)
+    info = [{"ntkal_index": int(i), "ntkal_pv": float(p), "ntkal_score": float(s), "ntkal_rank": r}
+            for r, (i, p, s) in enumerate(zip(result.indices, result.pv, result.scores))]
+    if extra_info is not None:
+        for d, i in zip(info, result.indices):
+            d.update(extra_info(int(i)))
+    write_structures(path, chosen, info=info)
+
+
+def cmd_select(args) -> int:
+    from .acquire import acquire
+    from .io import StructureSource
+
+    t0 = time.perf_counter()
+    featurizer = _featurizer(args)
+    t_model = time.perf_counter() - t0
+    pool = StructureSource(args.pool, where="ntkal select", arg="--pool")
+    train = None if args.train is None else StructureSource(args.train, where="ntkal select", arg="--train")
+    result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
+                     noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
+                     progress=not args.no_progress, intensive=args.intensive)
+    _write_selection(args.out, pool, result)
+    print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
+          f"P {featurizer.n_params}, d {featurizer.dim}")
+    print(result.summary())
+    print(f"wrote {len(result)} structures to {args.out}")
+    return 0
+
+
+def cmd_features(args) -> int:
+    from . import InvalidArgumentError
+    from .io import StructureSource
+
+    featurizer = _featurizer(args)
+    src = StructureSource(args.structures, where="ntkal features", arg="--structures")
+    if len(src) == 0:
+        raise InvalidArgumentError(f"ntkal features: --structures {args.structures!r} holds no structure")
+    sizes = np.concatenate([[featurizer.n_rows(a) for a in chunk] for _, chunk in src.chunks(args.chunk_size)])
+    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    rows = None
+    bar = None
+    if not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(src), desc="features", file=sys.stderr, unit="struct")
+    tmp_rows = f"{args.out}.rows.npy.tmp"
+    for start, chunk in src.chunks(args.chunk_size):
+        blocks = featurizer(chunk)
+        if rows is None:  # the width is known after the first chunk (embedding kernel)
+            rows = np.lib.format.open_memmap(tmp_rows, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), blocks.dim))
+        rows[offsets[start]:offsets[start + len(chunk)]] = blocks.rows
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    rows.flush()
+    shape = rows.shape
+    del rows
+    os.replace(tmp_rows, f"{args.out}.rows.npy")
+    np.save(f"{args.out}.offsets.npy", offsets)
+    print(f"wrote {args.out}.rows.npy {shape} float32 and {args.out}.offsets.npy ({offsets.size},) int64 "
+          f"for {len(src)} structures (kernel {featurizer.kernel}, P {featurizer.n_params})")
+    return 0
+
+
+def demo_structures(n_pool: int = 240, n_train: int = 20, seed: int = 0):
+    """Cu and CuAu cells (4 and 8 atoms) from ASE EMT Langevin MD at 300-1500 K.
+
+    Returns
+    -------
+    train : list of ase.Atoms
+        300 K frames of separate trajectories.
+    pool : list of ase.Atoms
+        Frames at 300, 600, 900, 1200 and 1500 K; ``atoms.info`` holds ``temperature_K``,
+        ``emt_energy`` and ``emt_max_force``.
+    """
+    from ase import units
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    temperatures = (300, 600, 900, 1200, 1500)
+
+    def cell(kind: int):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
+        if kind % 2:
+            atoms = atoms.repeat((2, 1, 1))
+        if kind % 3:  # CuAu: substitute a quarter to a half of the sites
+            sites = rng.choice(len(atoms), size=int(rng.integers(1, len(atoms) // 2 + 1)), replace=False)
+            for s in sites:
+                atoms[int(s)].symbol = "Au"
+        return atoms
+
+    def run(temp: int, n_frames: int, stride: int = 6):
+        atoms = cell(int(rng.integers(6)))
+        atoms.calc = EMT()
+        with warnings.catch_warnings():  # ASE deprecation notices about its own defaults
+            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
+            MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
+            dyn = Langevin(atoms, 4 * units.fs, temperature_K=temp, friction=0.05, rng=rng)
+        dyn.run(20)  # leave the perfect lattice
+        frames = []
+        for _ in range(n_frames):
+            dyn.run(stride)
+            frame = atoms.copy()
+            frame.info.update(temperature_K=temp, emt_energy=float(atoms.get_potential_energy()),
+                              emt_max_force=float(np.abs(atoms.get_forces()).max()))
+            frames.append(frame)
+        return frames
+
+    train = []
+    while len(train) < n_train:
+        train += run(300, 2, stride=15)
+    pool = []
+    per_run = 8
+    while len(pool) < n_pool:
+        for temp in temperatures:
+            pool += run(temp, per_run)
+    return train[:n_train], pool[:n_pool]
+
+
+def cmd_demo(args) -> int:
+    from .acquire import acquire
+    from .io import StructureSource
+
+    times = {}
+    t = time.perf_counter()
+    train, pool = demo_structures(args.pool_size, args.train_size, seed=args.seed)
+    times["generate pool (EMT MD)"] = time.perf_counter() - t
+    t = time.perf_counter()
+    featurizer = _featurizer(args)
+    times["load model"] = time.perf_counter() - t
+    result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, noise_var=args.noise_var,
+                     seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress)
+    _write_selection(args.out, StructureSource(pool), result)
+    temps = np.array([a.info["temperature_K"] for a in pool], dtype=float)
+    fmax = np.array([a.info["emt_max_force"] for a in pool])
+    sel = result.indices
+    print(f"ntkal demo: {featurizer.model.name} (P {featurizer.n_params}), kernel {featurizer.kernel}, "
+          f"force rows {featurizer.force_rows}, d {featurizer.dim}, {featurizer.workers} worker(s)")
+    print(f"pool {len(pool)} Cu/CuAu cells (4-8 atoms, EMT MD at {sorted(set(temps.astype(int).tolist()))} K), "
+          f"train {len(train)} frames at 300 K, batch n = {args.n}")
+    for name, seconds in times.items():
+        print(f"  {name:28s} {seconds:7.2f} s")
+    for name, seconds in result.timings.items():
+        print(f"  {name:28s} {seconds:7.2f} s")
+    per = result.timings["pool_features"] / max(1, len(pool))
+    print(f"  pool features per structure  {per:7.3f} s")
+    print("selected (pool index: temperature, atoms, PV):")
+    for i, p in zip(sel, result.pv):
+        print(f"  {int(i):4d}: {int(temps[i]):5d} K, {pool[i].get_chemical_formula():>8s}, PV {p:.4g}")
+    print(f"mean temperature: selected {temps[sel].mean():.0f} K vs pool {temps.mean():.0f} K; "
+          f"mean EMT max |F|: selected {fmax[sel].mean():.2f} vs pool {fmax.mean():.2f} eV/A")
+    print(f"wrote {len(sel)} structures to {args.out}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.no_progress:
+        os.environ["NTKAL_NO_PROGRESS"] = "1"
+    from . import InvalidArgumentError
+
+    try:
+        return {"select": cmd_select, "features": cmd_features, "demo": cmd_demo}[args.command](args)
+    except InvalidArgumentError as exc:
+        message = str(exc).removeprefix(f"ntkal {args.command}: ")
+        print(f"ntkal {args.command}: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Structure streams (lists of ase.Atoms, extxyz files, ASE databases) and result files.
+
+Files are read lazily in chunks so a pool of 10^6 structures never sits in memory; every
+structure is checked (atoms present, finite positions) with errors that name the argument.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["StructureSource", "structure_digest", "write_structures"]
+
+DB_SUFFIXES = (".db", ".json", ".aselmdb")
+XYZ_SUFFIXES = (".xyz", ".extxyz")
+
+
+def _invalid(message: str) -> Exception:
+    from . import InvalidArgumentError
+
+    return InvalidArgumentError(message)
+
+
+def structure_digest(atoms) -> bytes:
+    """16-byte content hash of a structure (numbers, positions, cell, pbc)."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(np.ascontiguousarray(atoms.numbers, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(atoms.get_positions(), dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(np.asarray(atoms.cell), dtype=np.float64).tobytes())
+    h.update(np.ascontiguousarray(atoms.pbc, dtype=np.bool_).tobytes())
+    return h.digest()
+
+
+def _check(atoms, where: str, arg: str, index: int) -> None:
+    if not hasattr(atoms, "get_positions") or not hasattr(atoms, "numbers"):
+        raise _invalid(f"{where}: {arg}[{index}] must be an ase.Atoms; got {type(atoms).__name__}")
+    if len(atoms) == 0:
+        raise _invalid(f"{where}: {arg}[{index}] must contain at least one atom; got an empty structure")
+    if not np.all(np.isfinite(atoms.get_positions())):
+        raise _invalid(f"{where}: {arg}[{index}] positions must be finite; got NaN or inf")
+
+
+class StructureSource:
+    """A sequence of structures given as a list of ``ase.Atoms`` or a file path.
+
+    Parameters
+    ----------
+    source : sequence of ase.Atoms, str or os.PathLike
+        ``.xyz``/``.extxyz`` (extended XYZ, read with ASE) or ``.db``/``.json``/``.aselmdb``
+        (ASE database, rows in id order). Other suffixes are tried with ASE's format guess.
+    where, arg : str
+        Function and argument names used in error messages.
+
+    Attributes
+    ----------
+    path : str or None
+    count : int
+        Number of structures (files are scanned once, without building Atoms for extxyz).
+    """
+
+    def __init__(self, source, *, where: str = "ntkal.io", arg: str = "structures"):
+        self.where, self.arg = where, arg
+        self.path = None
+        self._atoms = None
+        if isinstance(source, (str, os.PathLike)):
+            path = Path(source)
+            if not path.is_file():
+                raise _invalid(f"{where}: {arg} file not found: {str(path)!r}")
+            self.path = str(path.resolve())
+            self.kind = "db" if path.suffix.lower() in DB_SUFFIXES else "file"
+            self.count = self._count()
+        elif isinstance(source, Sequence) or hasattr(source, "__iter__"):
+            self._atoms = list(source)
+            for i, atoms in enumerate(self._atoms):
+                _check(atoms, where, arg, i)
+            self.kind = "list"
+            self.count = len(self._atoms)
+        else:
+            raise _invalid(f"{where}: {arg} must be a list of ase.Atoms or a file path; got {type(source).__name__}")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def describe(self) -> str:
+        return self.path if self.path is not None else f"<{self.count} structures in memory>"
+
+    # ---- reading ----------------------------------------------------------------------
+    def _count(self) -> int:
+        if self.kind == "db":
+            try:
+                import ase.db
+
+                with ase.db.connect(self.path) as db:
+                    return db.count()
+            except Exception as exc:
+                raise _invalid(f"{self.where}: {self.arg} {self.path!r} is not a readable ASE database: {exc}") from exc
+        if self.path.lower().endswith(XYZ_SUFFIXES):
+            return _count_xyz(self.path, self.where, self.arg)
+        n = 0
+        for _ in self._iter_file(0, None):
+            n += 1
+        return n
+
+    def _iter_file(self, start: int, stop: int | None) -> Iterator:
+        import ase.io
+
+        index = slice(start, stop)
+        fmt = "extxyz" if self.path.lower().endswith(XYZ_SUFFIXES) else None
+        position = start
+        try:
+            for atoms in ase.io.iread(self.path, index=index, format=fmt):
+                yield atoms
+                position += 1
+        except Exception as exc:
+            raise _invalid(f"{self.where}: {self.arg} {self.path!r} could not be read at structure {position}: "
+                           f"{type(exc).__name__}: {exc}") from exc
+
+    def _iter_db(self, start: int, stop: int | None) -> Iterator:
+        import ase.db
+
+        try:
+            with ase.db.connect(self.path) as db:
+                limit = 0 if stop is None else stop - start
+                for row in db.select(offset=start, limit=limit, sort="id"):
+                    atoms = row.toatoms(add_additional_information=False)
+                    yield atoms
+        except Exception as exc:
+            raise _invalid(f"{self.where}: {self.arg} {self.path!r} could not be read: {type(exc).__name__}: {exc}") from exc
+
+    def read(self, start: int = 0, stop: int | None = None) -> list:
+        """Structures ``start:stop`` as a list of ase.Atoms (checked)."""
+        stop = self.count if stop is None else min(stop, self.count)
+        if self.kind == "list":
+            out = self._atoms[start:stop]
+        elif self.kind == "db":
+            out = list(self._iter_db(start, stop))
+        else:
+            out = list(self._iter_file(start, stop))
+        if len(out) != stop - start:
+            raise _invalid(f"{self.where}: {self.arg} {self.describe()!r} yielded {len(out)} structures for "
+                           f"[{start}, {stop}); the file changed or is corrupt")
+        for i, atoms in enumerate(out):
+            _check(atoms, self.where, self.arg, start + i)
+        return out
+
+    def take(self, indices) -> list:
+        """Structures at ``indices`` (any order), read in one pass."""
+        idx = [int(i) for i in np.asarray(indices).reshape(-1)]
+        if self.kind == "list":
+            return [self._atoms[i] for i in idx]
+        wanted = set(idx)
+        found = {}
+        for start, chunk in self.chunks(256):
+            for j, atoms in enumerate(chunk):
+                if start + j in wanted:
+                    found[start + j] = atoms
+            if len(found) == len(wanted):
+                break
+        return [found[i] for i in idx]
+
+    def chunks(self, chunk_size: int) -> Iterator[tuple[int, list]]:
+        """Yield ``(start, structures[start:start + chunk_size])`` until the end."""
+        if self.kind == "list":
+            for start in range(0, self.count, chunk_size):
+                yield start, self.read(start, start + chunk_size)
+            return
+        # One open stream for the whole file (iread with a new slice per chunk would rescan).
+        it = self._iter_db(0, None) if self.kind == "db" else self._iter_file(0, None)
+        start, buf = 0, []
+        for atoms in it:
+            _check(atoms, self.where, self.arg, start + len(buf))
+            buf.append(atoms)
+            if len(buf) == chunk_size:
+                yield start, buf
+                start, buf = start + len(buf), []
+        if buf:
+            yield start, buf
+        if start + len(buf) != self.count:
+            raise _invalid(f"{self.where}: {self.arg} {self.describe()!r} yielded {start + len(buf)} structures, "
+                           f"expected {self.count}; the file changed while reading")
+
+
+def _count_xyz(path: str, where: str, arg: str) -> int:
+    """Count frames of an (ext)xyz file from its atom-count lines, without parsing atoms."""
+    n = 0
+    with open(path, "rb") as fh:
+        line_no = 0
+        while True:
+            head = fh.readline()
+            line_no += 1
+            if not head:
+                break
+            if not head.strip():
+                continue
+            try:
+                natoms = int(head.split()[0])
+            except ValueError:
+                raise _invalid(f"{where}: {arg} {path!r} is not an extended XYZ file: line {line_no} should "
+                               f"hold an atom count; got {head[:60]!r}") from None
+            for _ in range(natoms + 1):
+                if not fh.readline():
+                    raise _invalid(f"{where}: {arg} {path!r} is truncated: frame {n} announces {natoms} atoms")
+                line_no += 1
+            n += 1
+    return n
+
+
+def write_structures(path, structures, *, info: Sequence[dict] | None = None) -> None:
+    """Write structures to an extxyz file (or any ASE format by suffix), adding ``info`` per structure.
+
+    The file is written to a temporary name and renamed, so a reader never sees half a file.
+    """
+    import ase.io
+
+    structures = [a.copy() for a in structures]
+    if info is not None:
+        for atoms, extra in zip(structures, info):
+            atoms.info.update(extra)
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fmt = "extxyz" if path.suffix.lower() in XYZ_SUFFIXES else None
+    try:
+        ase.io.write(str(tmp), structures, format=fmt)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,19 @@
+"""PyTorch front end: MLIPs as pure functions of their parameters, Jacobian rows, sketched features.
+
+Importing :mod:`ntkal` does not import torch; ``import ntkal.torch`` does.
+
+* :class:`FunctionalModel` — ``energy_fn(params, positions, atoms)`` adapter.
+* :mod:`ntkal.torch.models` — ``chgnet()``, ``sevennet()``, ``toy()`` factories.
+* :class:`Featurizer` — structures -> :class:`ntkal.Blocks` of sketched NTK rows.
+"""
+try:
+    import torch as _torch  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError("ntkal.torch needs PyTorch: pip install 'ntkal[torch]' (torch==2.13.0, ase, tqdm)") from exc
+
+from . import models
+from .featurizer import KERNELS, Featurizer
+from .functional import FunctionalModel
+from .jacobian import force_combinations
+
+__all__ = ["KERNELS", "Featurizer", "FunctionalModel", "force_combinations", "models"]

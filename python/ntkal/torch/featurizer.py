@@ -1,0 +1,323 @@
+"""Featurizer: structures -> sketched NTK feature blocks (ntkal.Blocks)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+import torch
+
+from ._errors import invalid
+from .functional import FunctionalModel
+from .jacobian import RowSpec, chunk_plan, iter_row_batches
+
+__all__ = ["Featurizer", "KERNELS"]
+
+KERNELS = ("energy", "force", "joint", "embedding", "last_layer")
+SKETCH_KINDS = ("sparse_sign", "gaussian")
+
+
+class Featurizer:
+    """Maps structures to blocks of sketched Jacobian rows (or pooled embeddings).
+
+    Parameters
+    ----------
+    model : FunctionalModel
+    kernel : {"energy", "force", "joint", "embedding", "last_layer"}
+        ``energy``: 1 row dE/dtheta; ``force``: the force rows; ``joint``: energy row then force
+        rows; ``last_layer``: joint rows over the model's readout parameters only;
+        ``embedding``: 1 row, the mean over atoms of the model's per-atom features, not a
+        Jacobian and not sketched (its width is the model's feature size, not ``dim``).
+    dim : int
+        Sketch width d.
+    sketch : {"sparse_sign", "gaussian"}
+        Kind of :class:`ntkal.Sketch`.
+    seed : int
+        Seed of the sketch and of the k-row force combinations.
+    force_rows : "exact" or int
+        ``"exact"``: 3N force rows; k: k random +-1 combinations (see
+        :func:`ntkal.torch.jacobian.force_combinations`; U depends on (seed, atomic numbers)).
+    energy_weight, force_weight : float
+        Multipliers of the energy row and of each force row.
+    params : "all", "readout" or list of str, optional
+        Parameter subset (fnmatch patterns); ``last_layer`` implies ``"readout"``.
+    nnz : int
+        Nonzeros per parameter of the sparse sign sketch.
+    chunk_size : int
+        Parameter columns per projection call.
+    row_batch : int
+        Jacobian rows held at once (memory: row_batch x P numbers of the model's dtype).
+    workers : int
+        Worker processes on CPU (each 1 torch thread). Ignored (in-process) on a GPU model.
+    threads : int or None
+        torch intra-op threads while computing rows in this process (default 1: the rows are
+        many small reverse passes, for which extra threads cost more in synchronisation than
+        they gain — on a busy 2-core machine 2 threads ran 10-20x slower than 1). None keeps
+        torch's setting. Use ``workers`` for parallelism.
+    progress : bool
+        Default for showing a tqdm bar on stderr in ``__call__``.
+    """
+
+    def __init__(self, model: FunctionalModel, kernel: str = "joint", dim: int = 1024, *,
+                 sketch: str = "sparse_sign", seed: int = 0, force_rows="exact",
+                 energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
+                 chunk_size: int = 65536, row_batch: int = 8, workers: int = 1, threads: int | None = 1,
+                 progress: bool = False):
+        where = "Featurizer"
+        if not isinstance(model, FunctionalModel):
+            raise invalid(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
+        if kernel not in KERNELS:
+            raise invalid(f"{where}: kernel must be one of {KERNELS}; got {kernel!r}")
+        if sketch not in SKETCH_KINDS:
+            raise invalid(f"{where}: sketch must be one of {SKETCH_KINDS}; got {sketch!r}")
+        for name, value, low in (("dim", dim, 1), ("chunk_size", chunk_size, 1), ("row_batch", row_batch, 1),
+                                 ("workers", workers, 1), ("nnz", nnz, 1), ("seed", seed, 0)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise invalid(f"{where}: {name} must be an integer >= {low}; got {value!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
+            raise invalid(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
+        if force_rows != "exact":
+            if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
+                raise invalid(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
+            if kernel in ("energy", "embedding"):
+                raise invalid(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
+                              "(it has no force rows); use kernel='force' or 'joint'")
+        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
+            if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
+                raise invalid(f"{where}: {name} must be a finite number > 0; got {value!r}")
+        if kernel == "embedding" and params not in (None, "all"):
+            raise invalid(f"{where}: params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
+        if kernel == "last_layer":
+            if params not in (None, "readout"):
+                raise invalid(f"{where}: kernel='last_layer' fixes params='readout'; got params={params!r}")
+            params = "readout"
+        if kernel == "embedding" and model.embedding_fn is None:
+            raise invalid(f"{where}: kernel='embedding' needs a model with embedding_fn; {model.name!r} has none")
+
+        self.base_model = model
+        self.model = model.select("all" if params is None else params)
+        self.kernel = kernel
+        self.params = "all" if params is None else params
+        self.sketch_kind = sketch
+        self.seed = int(seed)
+        self.nnz = int(nnz)
+        self.force_rows = force_rows if force_rows == "exact" else int(force_rows)
+        self.energy_weight = float(energy_weight)
+        self.force_weight = float(force_weight)
+        self.chunk_size = int(chunk_size)
+        self.row_batch = int(row_batch)
+        self.workers = int(workers)
+        self.threads = None if threads is None else int(threads)
+        self.progress = bool(progress)
+        self._dim = int(dim)
+        self._sketch = None
+        self._plan = None
+        self.rowspec = None if kernel == "embedding" else RowSpec(
+            energy=kernel in ("energy", "joint", "last_layer"),
+            force=None if kernel == "energy" else self.force_rows,
+            energy_weight=self.energy_weight, force_weight=self.force_weight, seed=self.seed)
+
+    # ---- layout -----------------------------------------------------------------------
+    @property
+    def n_params(self) -> int:
+        """Number of Jacobian columns P (parameters differentiated)."""
+        return self.model.n_params
+
+    @property
+    def dim(self) -> int:
+        """Feature width: ``dim``, or the model's embedding width for the embedding kernel."""
+        if self.kernel == "embedding":
+            if self.model.embedding_dim is None:
+                raise invalid("Featurizer.dim: the embedding width is unknown until a structure is featurized")
+            return int(self.model.embedding_dim)
+        return self._dim
+
+    @property
+    def sketch(self):
+        """The :class:`ntkal.Sketch` (n_params x dim) the rows are projected with."""
+        if self._sketch is None:
+            import ntkal
+
+            self._sketch = ntkal.Sketch(self.n_params, self._dim, kind=self.sketch_kind, seed=self.seed, nnz=self.nnz)
+        return self._sketch
+
+    def n_rows(self, atoms) -> int:
+        """Rows in the block of ``atoms``."""
+        return 1 if self.rowspec is None else self.rowspec.n_rows(len(atoms))
+
+    def config(self) -> dict:
+        """Everything that determines the features (JSON-serialisable)."""
+        return {"model": self.model.name, "model_fingerprint": self.model.fingerprint(), "kernel": self.kernel,
+                "params": self.params if isinstance(self.params, str) else list(self.params),
+                "dim": self._dim, "sketch": self.sketch_kind, "seed": self.seed, "nnz": self.nnz,
+                "force_rows": self.force_rows, "energy_weight": self.energy_weight,
+                "force_weight": self.force_weight, "dtype": str(self.model.dtype)}
+
+    def fingerprint(self) -> str:
+        """Hex digest of :meth:`config`."""
+        return hashlib.blake2b(json.dumps(self.config(), sort_keys=True).encode(), digest_size=16).hexdigest()
+
+    def __repr__(self) -> str:
+        return (f"Featurizer(model={self.model.name!r}, kernel={self.kernel!r}, dim={self._dim}, "
+                f"sketch={self.sketch_kind!r}, force_rows={self.force_rows!r}, n_params={self.n_params})")
+
+    # ---- one structure ----------------------------------------------------------------
+    def _check(self, atoms, where, arg="atoms"):
+        self.model.check(atoms, where=where, arg=arg)
+
+    def _threads(self):
+        return _TorchThreads(self.threads if self.model.device.type == "cpu" else None)
+
+    def jacobian(self, atoms) -> np.ndarray:
+        """Dense unprojected rows of one structure (tests, small models).
+
+        Returns
+        -------
+        ndarray, shape (m, P), the model's dtype
+            Energy row first, then the force rows, weights applied. For ``kernel="embedding"``
+            the (1, F) pooled embedding (what :meth:`features` returns, unprojected).
+        """
+        self._check(atoms, "Featurizer.jacobian")
+        if self.kernel == "embedding":
+            return self._embedding_row(atoms)
+        with self._threads():
+            return self._jacobian(atoms)
+
+    def _jacobian(self, atoms) -> np.ndarray:
+        m, P = self.n_rows(atoms), self.n_params
+        out = np.zeros((m, P), dtype=torch.empty((), dtype=self.model.dtype).numpy().dtype)
+        cols = self.model.column_offsets()
+        for first, grads in iter_row_batches(self.model, atoms, self.rowspec, row_batch=self.row_batch):
+            for t, g in enumerate(grads):
+                if g is not None:
+                    out[first:first + g.shape[0], cols[t]:cols[t + 1]] = g.reshape(g.shape[0], -1).cpu().numpy()
+        return out
+
+    def features(self, atoms) -> np.ndarray:
+        """Sketched rows of one structure, shape (m, dim), float32.
+
+        Rows stream into the sketch ``row_batch`` rows x ``chunk_size`` parameters at a time;
+        no P x dim matrix and no m x P Jacobian is formed.
+        """
+        self._check(atoms, "Featurizer.features")
+        with self._threads():
+            if self.kernel == "embedding":
+                return self._embedding_row(atoms).astype(np.float32)
+            return self._features(atoms)
+
+    def _features(self, atoms) -> np.ndarray:
+        sketch = self.sketch
+        if self._plan is None:
+            self._plan = chunk_plan(self.model.sizes, self.chunk_size)
+        out = np.zeros((self.n_rows(atoms), self._dim), dtype=np.float32)
+        for first, grads in iter_row_batches(self.model, atoms, self.rowspec, row_batch=self.row_batch):
+            b = next(g.shape[0] for g in grads if g is not None) if any(g is not None for g in grads) else 0
+            if b == 0:
+                continue
+            target = out[first:first + b]
+            flat = [None if g is None else g.reshape(b, -1) for g in grads]
+            for col0, pieces in self._plan:
+                _project_pieces(sketch, flat, col0, pieces, target)
+        return out
+
+    def _embedding_row(self, atoms) -> np.ndarray:
+        emb = self.model.embedding(atoms)
+        row = emb.mean(dim=0, keepdim=True).detach().cpu().numpy()
+        if self.model.embedding_dim is None:
+            self.model.embedding_dim = int(row.shape[1])
+        return row
+
+    # ---- many structures --------------------------------------------------------------
+    def __call__(self, structures, *, progress: bool | None = None, desc: str = "features"):
+        """Feature blocks of a list of structures.
+
+        Parameters
+        ----------
+        structures : sequence of ase.Atoms
+        progress : bool, optional
+            tqdm bar on stderr (default: the featurizer's ``progress``).
+
+        Returns
+        -------
+        ntkal.Blocks
+            Block i holds the (m_i, dim) float32 features of ``structures[i]``.
+        """
+        import ntkal
+
+        structures = list(structures)
+        if not structures:
+            raise invalid("Featurizer: structures must hold at least one ase.Atoms; got an empty list")
+        for i, atoms in enumerate(structures):
+            self._check(atoms, "Featurizer", f"structures[{i}]")
+        show = self.progress if progress is None else progress
+        if self.workers > 1 and self.model.device.type == "cpu" and len(structures) > 1:
+            from .workers import map_features
+
+            blocks = map_features(self, structures, self.workers, progress=show, desc=desc)
+        else:
+            bar = _bar(len(structures), show, desc)
+            blocks = []
+            for atoms in structures:
+                blocks.append(self.features(atoms))
+                bar.update(1)
+            bar.close()
+        if self.kernel == "embedding" and self.model.embedding_dim is None:
+            self.model.embedding_dim = int(blocks[0].shape[1])  # found in a worker process
+        return ntkal.Blocks.from_list(blocks)
+
+
+def _project_pieces(sketch, flat, col0, pieces, target) -> None:
+    """Project one parameter chunk of a row batch; runs of unused parameters are skipped."""
+    run, run_start, col = [], col0, col0
+    for t, start, stop in pieces:
+        g = flat[t]
+        if g is None:
+            if run:
+                _project_run(sketch, run, run_start, target)
+            run, run_start = [], col + (stop - start)
+        else:
+            run.append(g[:, start:stop])
+        col += stop - start
+    if run:
+        _project_run(sketch, run, run_start, target)
+
+
+def _project_run(sketch, run, col_offset, target) -> None:
+    J = run[0] if len(run) == 1 else torch.cat(run, dim=1)
+    sketch.project(np.ascontiguousarray(J.detach().cpu().numpy()), col_offset=col_offset, out=target)
+
+
+class _TorchThreads:
+    """Temporarily set torch's intra-op thread count (None: leave it)."""
+
+    def __init__(self, n):
+        self.n, self.saved = n, None
+
+    def __enter__(self):
+        if self.n is not None and torch.get_num_threads() != self.n:
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            torch.set_num_threads(self.saved)
+
+
+class _NoBar:
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
+def _bar(total: int, show: bool, desc: str):
+    if not show:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, file=sys.stderr, unit="struct", dynamic_ncols=True,
+                disable=os.environ.get("NTKAL_NO_PROGRESS") == "1")

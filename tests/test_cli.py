@@ -1,0 +1,112 @@
+"""The ntkal command line (toy model for speed; one real-CHGNet demo marked slow)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("ase")
+
+import ase.io  # noqa: E402
+
+import ntkal  # noqa: E402
+from ntkal.cli import demo_structures, main  # noqa: E402
+from ntkal.torch import Featurizer, models  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    train, pool = demo_structures(n_pool=30, n_train=4, seed=1)
+    ase.io.write(d / "train.extxyz", train)
+    ase.io.write(d / "pool.extxyz", pool)
+    return d, train, pool
+
+
+TOY = ["--model", "toy", "--dim", "32", "--workers", "1", "--no-progress"]
+
+
+def test_help_everywhere():
+    for argv in ([], ["select"], ["features"], ["demo"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv + ["--help"])
+        assert exc.value.code == 0
+    out = subprocess.run([sys.executable, "-m", "ntkal.cli", "select", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "--pool" in out.stdout and "--force-rows" in out.stdout
+
+
+def test_select_writes_batch_with_scores(files, capsys):
+    d, train, pool = files
+    out = d / "selected.extxyz"
+    code = main(["select", "--train", str(d / "train.extxyz"), "--pool", str(d / "pool.extxyz"), "-n", "5",
+                 "--kernel", "joint", "--force-rows", "3", "--out", str(out)] + TOY)
+    assert code == 0
+    chosen = ase.io.read(out, index=":")
+    assert len(chosen) == 5
+    idx = [a.info["ntkal_index"] for a in chosen]
+    assert len(set(idx)) == 5 and all(0 <= i < 30 for i in idx)
+    assert [a.info["ntkal_rank"] for a in chosen] == list(range(5))
+    for a in chosen:
+        np.testing.assert_allclose(a.positions, pool[a.info["ntkal_index"]].positions, atol=1e-6)
+        assert a.info["ntkal_pv"] > 0
+    # the PVs written are the posterior variances under the training set
+    f = Featurizer(models.toy(), "joint", dim=32, force_rows=3)
+    post = ntkal.Posterior(32).add(f(ase.io.read(d / "train.extxyz", index=":")))
+    pv = post.variance(f([pool[i] for i in idx]))
+    np.testing.assert_allclose([a.info["ntkal_pv"] for a in chosen], pv, rtol=1e-4)
+    assert "selected 5 of 30" in capsys.readouterr().out
+
+
+def test_features_dump_matches_featurizer(files):
+    d, _, pool = files
+    code = main(["features", "--structures", str(d / "pool.extxyz"), "--kernel", "force", "--force-rows", "exact",
+                 "--out", str(d / "feats"), "--chunk-size", "7"] + TOY)
+    assert code == 0
+    rows = np.load(d / "feats.rows.npy")
+    offsets = np.load(d / "feats.offsets.npy")
+    ref = Featurizer(models.toy(), "force", dim=32)(ase.io.read(d / "pool.extxyz", index=":"))
+    np.testing.assert_array_equal(offsets, ref.offsets)
+    np.testing.assert_allclose(rows, ref.rows, rtol=1e-6, atol=1e-6 * np.abs(ref.rows).max())
+    assert offsets[-1] == 3 * sum(len(a) for a in pool)
+
+
+def test_demo_runs_on_toy_model(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "--pool-size", "25", "--train-size", "3", "-n", "4"] + TOY)
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "pool 25" in out and "wrote 4 structures" in out
+    assert len(ase.io.read(tmp_path / "selected.extxyz", index=":")) == 4
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["select", "--pool", "{d}/pool.extxyz", "-n", "3", "--model", "mace9000"], "--model must be one of"),
+    (["select", "--pool", "{d}/missing.extxyz", "-n", "3"] + TOY, "--pool file not found"),
+    (["select", "--pool", "{d}/pool.extxyz", "-n", "31"] + TOY, "n must be in"),
+    (["select", "--pool", "{d}/pool.extxyz", "-n", "3", "--kernel", "energy", "--force-rows", "4"] + TOY, "force_rows"),
+    (["select", "--pool", "{d}/bad.extxyz", "-n", "1"] + TOY, "not an extended XYZ"),
+    (["features", "--structures", "{d}/fe.extxyz", "--out", "{d}/x"] + TOY, "does not support: Fe"),
+])
+def test_bad_input_exits_with_clear_error(files, capsys, argv, needle):
+    d, _, _ = files
+    (d / "bad.extxyz").write_text("this is not\nan xyz file\n")
+    from ase import Atoms
+
+    ase.io.write(d / "fe.extxyz", Atoms("Fe2", positions=[[0, 0, 0], [0, 0, 2]]))
+    code = main([a.format(d=d) for a in argv])
+    assert code == 2
+    assert needle in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_with_pretrained_chgnet(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("chgnet")
+    monkeypatch.chdir(tmp_path)
+    code = main(["demo", "--pool-size", "12", "--train-size", "3", "-n", "3", "--dim", "64", "--force-rows", "2",
+                 "--workers", "1", "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "chgnet-0.3.0" in out and "wrote 3 structures" in out
+    chosen = ase.io.read(tmp_path / "selected.extxyz", index=":")
+    assert len(chosen) == 3 and all(a.info["ntkal_pv"] > 0 for a in chosen)

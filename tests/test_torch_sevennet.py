@@ -1,0 +1,70 @@
+"""SevenNet-0 through the FunctionalModel adapter (second architecture; slow: e3nn model build)."""
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sevenn")
+
+from ase.build import bulk, molecule  # noqa: E402
+
+import ntkal  # noqa: E402
+from ntkal.torch import Featurizer, models  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def model():
+    return models.sevennet()
+
+
+@pytest.fixture(scope="module")
+def calculator():
+    from sevenn.calculator import SevenNetCalculator
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return SevenNetCalculator("7net-0", device="cpu")
+
+
+@pytest.mark.parametrize("which", ["cell", "molecule"])
+def test_adapter_matches_sevennet_calculator(model, calculator, which):
+    if which == "cell":
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.rattle(0.05, seed=0)
+    else:
+        atoms = molecule("CH3OH")
+    pos = model.positions(atoms, requires_grad=True)
+    e = model.energy(atoms, None, pos)
+    (g,) = torch.autograd.grad(e, pos)
+    ref = atoms.copy()
+    ref.calc = calculator
+    assert float(e.detach()) == pytest.approx(ref.get_potential_energy(), rel=1e-5)
+    np.testing.assert_allclose(-g.numpy(), ref.get_forces(), atol=1e-4)
+
+
+def test_features_and_rows(model):
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=1)
+    assert model.n_params == 842440
+    f = Featurizer(model, "last_layer", dim=64, force_rows=2)
+    J = f.jacobian(atoms)
+    assert J.shape == (3, f.n_params)
+    ref = ntkal.Sketch(f.n_params, 64).project(J)
+    np.testing.assert_allclose(f.features(atoms), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
+    F = Featurizer(model, "force", dim=8, params="readout").jacobian(atoms)
+    assert np.abs(F.reshape(2, 3, -1).sum(axis=0)).max() < 1e-4 * np.abs(F).max()
+    assert Featurizer(model, "embedding").features(atoms).shape == (1, 128)
+
+
+def test_unsupported_element_and_bad_checkpoint(model, tmp_path):
+    from ase import Atoms
+
+    with pytest.raises(ntkal.InvalidArgumentError, match="does not support"):
+        Featurizer(model, "energy", dim=8).features(Atoms("Fm2", positions=[[0, 0, 0], [0, 0, 2.5]]))
+    bad = tmp_path / "x.pth"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ntkal.InvalidArgumentError, match="weights_only=True"):
+        models.sevennet(checkpoint=bad)
