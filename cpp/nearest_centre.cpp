@@ -17,6 +17,36 @@
 
 namespace ntkal {
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define NTKAL_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define NTKAL_CLONES
+#endif
+
+NTKAL_CLONES double sqdist(const float* a, const float* b, int64_t e) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= e; k += 8)
+    for (int l = 0; l < 8; ++l) {
+      const double diff = static_cast<double>(a[k + l]) - static_cast<double>(b[k + l]);
+      s[l] += diff * diff;
+    }
+  for (; k < e; ++k) {
+    const double diff = static_cast<double>(a[k]) - static_cast<double>(b[k]);
+    s[k & 7] += diff * diff;
+  }
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+NTKAL_CLONES double sqnorm(const float* a, int64_t e) {
+  double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t k = 0;
+  for (; k + 8 <= e; k += 8)
+    for (int l = 0; l < 8; ++l) s[l] += static_cast<double>(a[k + l]) * a[k + l];
+  for (; k < e; ++k) s[k & 7] += static_cast<double>(a[k]) * a[k];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 namespace {
 
 constexpr int64_t kPoolTile = 2048, kTrainTile = 4096;

@@ -46,16 +46,18 @@ __device__ __forceinline__ double warp_sqdist(const float* __restrict__ a, const
   return s;
 }
 
-// Squared distance summed in the CPU's order with no fused multiply-add (nvcc would contract
-// s += d * d), so it equals cpp/nearest_centre.hpp sqdist bit for bit.
+// Squared distance summed in the CPU's order (eight partial sums, k mod 8, combined pairwise) with
+// no fused multiply-add (nvcc would contract s += d * d), so it equals cpp/nearest_centre.cpp sqdist
+// bit for bit.
 __device__ __forceinline__ double exact_sqdist(const float* __restrict__ a, const float* __restrict__ b,
                                                int64_t e) {
-  double s = 0.0;
+  double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
   for (int64_t k = 0; k < e; ++k) {
     const double diff = __dsub_rn(static_cast<double>(a[k]), static_cast<double>(b[k]));
-    s = __dadd_rn(s, __dmul_rn(diff, diff));
+    s[k & 7] = __dadd_rn(s[k & 7], __dmul_rn(diff, diff));
   }
-  return s;
+  return __dadd_rn(__dadd_rn(__dadd_rn(s[0], s[1]), __dadd_rn(s[2], s[3])),
+                   __dadd_rn(__dadd_rn(s[4], s[5]), __dadd_rn(s[6], s[7])));
 }
 
 // mean[k] = column mean of the train vectors, summed in row order like the CPU; one thread per column.
