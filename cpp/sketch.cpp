@@ -103,8 +103,8 @@ void Sketch::project_sparse(const T* j, int64_t m, int64_t p_chunk, int64_t ldj,
   }
 }
 
-void Sketch::project(const float* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset,
-                     float* out) const {
+template <class T>
+void Sketch::project_any(const T* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset, float* out) const {
   check_chunk(m, p_chunk, ldj, col_offset);
   if (m == 0 || p_chunk == 0) return;
   if (kind_ == SketchKind::Gaussian)
@@ -113,14 +113,14 @@ void Sketch::project(const float* j, int64_t m, int64_t p_chunk, int64_t ldj, in
     project_sparse(j, m, p_chunk, ldj, col_offset, out);
 }
 
+void Sketch::project(const float* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset,
+                     float* out) const {
+  project_any(j, m, p_chunk, ldj, col_offset, out);
+}
+
 void Sketch::project(const double* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset,
                      float* out) const {
-  check_chunk(m, p_chunk, ldj, col_offset);
-  if (m == 0 || p_chunk == 0) return;
-  if (kind_ == SketchKind::Gaussian)
-    project_gaussian(j, m, p_chunk, ldj, col_offset, out);
-  else
-    project_sparse(j, m, p_chunk, ldj, col_offset, out);
+  project_any(j, m, p_chunk, ldj, col_offset, out);
 }
 
 void Sketch::dense(int64_t p_begin, int64_t p_end, double* out) const {

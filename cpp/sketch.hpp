@@ -27,6 +27,8 @@ class Sketch {
 
  private:
   template <class T>
+  void project_any(const T* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset, float* out) const;
+  template <class T>
   void project_gaussian(const T* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset, float* out) const;
   template <class T>
   void project_sparse(const T* j, int64_t m, int64_t p_chunk, int64_t ldj, int64_t col_offset, float* out) const;
