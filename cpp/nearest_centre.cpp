@@ -49,7 +49,7 @@ NTKAL_CLONES double sqnorm(const float* a, int64_t e) {
 
 namespace {
 
-constexpr int64_t kPoolTile = 2048, kTrainTile = 4096;
+constexpr int64_t kPoolTile = 2048, kTrainTile = 2048;  // 16 MB float32 GEMM tile
 
 std::vector<double> train_mean(const RowsView& tr) {
   const int64_t e = tr.dim, nt = tr.n_rows;
@@ -203,7 +203,16 @@ bool nearest_projected(const RowsView& x, const RowsView& tr, std::vector<int64_
   };
   std::vector<float> pt, px;
   std::vector<double> ptn, rt, pxn, rx, scratch;
-  project(tr, 0, nt, pt, ptn, rt, scratch);
+  {  // train in pool-tile-sized chunks keeps the float64 scratch small
+    std::vector<float> p;
+    std::vector<double> pn, r;
+    for (int64_t j0 = 0; j0 < nt; j0 += kPoolTile) {
+      project(tr, j0, std::min(kPoolTile, nt - j0), p, pn, r, scratch);
+      pt.insert(pt.end(), p.begin(), p.end());
+      ptn.insert(ptn.end(), pn.begin(), pn.end());
+      rt.insert(rt.end(), r.begin(), r.end());
+    }
+  }
   const double ptn_max = *std::max_element(ptn.begin(), ptn.end());
   const double tn_max = [&] {
     double m = 0.0;
