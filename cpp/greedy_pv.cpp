@@ -17,6 +17,8 @@
 namespace ntkal {
 
 namespace {
+constexpr int64_t kWhitenBatch = 256;  // blocks whitened together on first touch
+
 struct Entry {
   double bound;
   int64_t index;
@@ -70,6 +72,29 @@ Selection select_greedy_pv(const Posterior& post, const BlocksView& cand, int64_
     base_norm[b] = s;
     return psi_cache.emplace(b, std::move(psi)).first->second;
   };
+  auto whiten_batch = [&](const std::vector<int64_t>& batch) {
+    int64_t rows = 0;
+    for (int64_t c : batch) rows += cand.size(c);
+    std::vector<float> gathered(static_cast<size_t>(rows * d));
+    std::vector<double> psi_all(static_cast<size_t>(rows * d));
+    int64_t r = 0;
+    for (int64_t c : batch) {
+      const int64_t m = cand.size(c);
+      std::copy(cand.rows.row(cand.begin(c)), cand.rows.row(cand.begin(c)) + m * d, gathered.data() + r * d);
+      r += m;
+    }
+    post.whiten(gathered.data(), rows, psi_all.data());
+    r = 0;
+    for (int64_t c : batch) {
+      const int64_t m = cand.size(c);
+      std::vector<double> psi(psi_all.begin() + r * d, psi_all.begin() + (r + m) * d);
+      double s = 0.0;
+      for (double v : psi) s += v * v;
+      base_norm[c] = s;
+      psi_cache.emplace(c, std::move(psi));
+      r += m;
+    }
+  };
   // sum_r ||V[t0:t]^T psi_r||^2 for block b
   auto projected_norm = [&](int64_t b, int64_t t0) -> double {
     const int64_t m = cand.size(b), dt = t - t0;
@@ -90,8 +115,18 @@ Selection select_greedy_pv(const Posterior& post, const BlocksView& cand, int64_
       // refresh: exact value against every V row added since the last refresh
       const int64_t b = top.index;
       if (top.stamp < 0) {
-        whitened(b);
-        residual[b] = base_norm[b] - projected_norm(b, 0);
+        // First touch: whiten this block and the next never-touched ones in one TRSM (BLAS-3),
+        // since blocks near the top of the heap are usually all refreshed in turn.
+        std::vector<int64_t> batch{b};
+        while (!heap.empty() && heap.top().stamp < 0 && static_cast<int64_t>(batch.size()) < kWhitenBatch) {
+          batch.push_back(heap.top().index);
+          heap.pop();
+        }
+        whiten_batch(batch);
+        for (int64_t c : batch) {
+          residual[c] = base_norm[c] - projected_norm(c, 0);
+          if (c != b) heap.push({sigma2 * residual[c], c, t});
+        }
       } else {
         residual[b] -= projected_norm(b, top.stamp);
       }
