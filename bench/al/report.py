@@ -1,0 +1,131 @@
+"""Aggregate learning curves over seeds, derive the headline ratios, write JSON and PNG plots."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from .loop import DOMAIN_METRICS, METRICS, TEST_SETS, metric_key
+
+CURVE_KEYS = tuple(metric_key(t, m) for t in TEST_SETS for m in METRICS + DOMAIN_METRICS)
+
+
+def aggregate(records: dict) -> dict:
+    """{seed: record} -> mean curves (the JSON's per-strategy entry), ``*_std`` and per-seed data."""
+    seeds = sorted(records)
+    first = records[seeds[0]]
+    out = {"n_labels": first["n_labels"], "seeds": seeds}
+    for key in CURVE_KEYS + ("acq_seconds", "finetune_seconds"):
+        values = np.array([records[s][key] for s in seeds], dtype=float)
+        out[key] = values.mean(axis=0).tolist()
+        out[f"{key}_std"] = values.std(axis=0).tolist()
+    out["per_seed"] = {str(s): records[s] for s in seeds}
+    return out
+
+
+def labels_to_reach(n_labels, curve, target) -> float | None:
+    """Smallest label count where the curve (linearly interpolated) gets to ``target``; None if never."""
+    n, y = np.asarray(n_labels, float), np.asarray(curve, float)
+    if y[0] <= target:
+        return float(n[0])
+    for i in range(1, len(y)):
+        if y[i] <= target:
+            return float(n[i - 1] + (n[i] - n[i - 1]) * (y[i - 1] - target) / (y[i - 1] - y[i]))
+    return None
+
+
+def summary(strategies: dict) -> dict:
+    """Headline numbers per strategy, against random and the committee."""
+    out = {}
+    rnd = strategies.get("random")
+    com = strategies.get("committee")
+    for name, s in strategies.items():
+        row = {"final_force_mae": s["force_mae"][-1], "final_energy_mae": s["energy_mae"][-1],
+               "final_shift_force_mae": s["shift_force_mae"][-1],
+               "final_shift_energy_mae": s["shift_energy_mae"][-1],
+               "acq_seconds_total": float(np.sum(s["acq_seconds"]))}
+        if rnd is not None:
+            reach = labels_to_reach(s["n_labels"], s["force_mae"], rnd["force_mae"][-1])
+            row["labels_to_random_final_force_mae"] = reach
+            row["label_fraction_vs_random"] = None if reach is None else reach / rnd["n_labels"][-1]
+            row["force_mae_ratio_vs_random"] = s["force_mae"][-1] / rnd["force_mae"][-1]
+        if com is not None:
+            row["force_mae_ratio_vs_committee"] = s["force_mae"][-1] / com["force_mae"][-1]
+            com_acq = float(np.sum(com["acq_seconds"]))
+            row["acq_cost_ratio_vs_committee"] = row["acq_seconds_total"] / com_acq if com_acq > 0 else None
+        out[name] = row
+    return out
+
+
+def write_json(path: str, payload: dict) -> None:
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=1, default=_jsonable)
+
+
+def _jsonable(x):
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x).__name__}")
+
+
+STYLE = {"random": ("k", "o"), "committee": ("tab:red", "s"), "max_force": ("tab:gray", "v"),
+         "embedding": ("tab:olive", "^"), "energy_ntk": ("tab:cyan", "D"),
+         "force_ntk": ("tab:blue", "P"), "joint_ntk": ("tab:green", "X"),
+         "joint_ntk_greedy": ("tab:purple", "*")}
+
+
+def plot_curves(path: str, strategies: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("force_mae", "force MAE, in-distribution (eV/Å)"),
+              ("shift_force_mae", "force MAE, shifted test (eV/Å)"),
+              ("energy_mae", "energy MAE, in-distribution (eV/atom)"),
+              ("shift_energy_mae", "energy MAE, shifted test (eV/atom)")]
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    for ax, (key, label) in zip(axes.ravel(), panels):
+        for name, s in strategies.items():
+            color, marker = STYLE.get(name, (None, "."))
+            ax.errorbar(s["n_labels"], s[key], yerr=s[f"{key}_std"], label=name, color=color,
+                        marker=marker, ms=5, capsize=2, lw=1.2)
+        ax.set_xlabel("labels")
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_pool_shift(path: str, shift: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    alphas = [float(a) for a in shift["alphas"]]
+    for ax, key, label in ((axes[0], "force_mae", "final force MAE, in-distribution (eV/Å)"),
+                           (axes[1], "shift_force_mae", "final force MAE, shifted test (eV/Å)")):
+        for name in shift["strategies"]:
+            mean = [shift["results"][str(a)][name][f"{key}_mean"] for a in shift["alpha_keys"]]
+            std = [shift["results"][str(a)][name][f"{key}_std"] for a in shift["alpha_keys"]]
+            color, marker = STYLE.get(name, (None, "."))
+            ax.errorbar(alphas, mean, yerr=std, label=name, color=color, marker=marker, capsize=3)
+        ax.set_xlabel(f"share of the pool from {shift['group']}")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,161 @@
+"""Acquisition strategies: each picks ``n`` unlabelled pool structures per round.
+
+Interface: ``strategy.select(state, n) -> indices into the dataset pool``; the loop times the
+call, so everything a strategy needs to decide (training committee members, predicting the
+pool, building the posterior) is charged to its acquisition seconds. Kernel strategies get
+precomputed pool features (see ``features.py``); their one-time featurisation cost is
+charged to their first acquisition.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import model as M
+
+STRATEGIES = ("random", "committee", "max_force", "embedding", "energy_ntk", "force_ntk",
+              "joint_ntk", "joint_ntk_greedy")
+KERNEL_OF = {"embedding": "embedding", "energy_ntk": "energy", "force_ntk": "force",
+             "joint_ntk": "joint", "joint_ntk_greedy": "joint"}
+
+
+@dataclass
+class RoundState:
+    """What a strategy may look at when it selects."""
+
+    seed: int
+    round: int
+    candidates: np.ndarray  # unlabelled dataset-pool indices it may pick from
+    labelled: np.ndarray  # dataset-pool indices already labelled
+    model: object  # the current fine-tuned CHGNet
+    graphs: list  # crystal graphs of the dataset pool
+    labels: M.Labels  # pool labels: only the labelled ones may be read (committee training)
+    finetune_config: M.FinetuneConfig
+
+
+class RandomStrategy:
+    name = "random"
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        rng = np.random.default_rng([state.seed, state.round, 7])
+        return rng.choice(state.candidates, size=n, replace=False)
+
+
+class MaxForceStrategy:
+    """Highest predicted max |F| of the current model: no kernel, no committee."""
+
+    name = "max_force"
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        _, forces = M.predict(state.model, [state.graphs[i] for i in state.candidates])
+        score = np.array([np.linalg.norm(f, axis=1).max() for f in forces])
+        return state.candidates[np.argsort(-score, kind="stable")[:n]]
+
+
+class CommitteeStrategy:
+    """Query by committee: K fine-tuned models (the current model + K-1 with other seeds).
+
+    Score = force variance across members, averaged over the structure's force components.
+    Training the K-1 extra members and the K pool predictions are acquisition cost.
+    """
+
+    name = "committee"
+
+    def __init__(self, size: int = 4):
+        self.size = size
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        members = [state.model]
+        for j in range(1, self.size):
+            member, _ = M.finetune(state.graphs, state.labels, state.labelled, state.finetune_config,
+                                   seed=1000 * (state.seed + 1) + 100 * state.round + j)
+            members.append(member)
+        cand_graphs = [state.graphs[i] for i in state.candidates]
+        preds = [M.predict(m, cand_graphs)[1] for m in members]  # K lists of (N_i, 3)
+        score = np.array([np.var(np.stack([p[i] for p in preds]), axis=0).mean()
+                          for i in range(len(state.candidates))])
+        return state.candidates[np.argsort(-score, kind="stable")[:n]]
+
+
+class KernelStrategy:
+    """Posterior variance on fixed pool features: PV shortlist + LCMD, or greedy PV.
+
+    Parameters
+    ----------
+    name : str
+    features : ntkal.Blocks
+        One block per dataset-pool structure.
+    feature_seconds : float
+        Measured cost of computing ``features``; charged to the first selection.
+    method : {"lcmd", "greedy_pv"}
+    noise_var : float
+        sigma^2 of the posterior (relative to the mean training row norm: scale=True).
+    shortlist_factor : int
+        Shortlist size = shortlist_factor * n for LCMD.
+    intensive : bool
+        Rank by PV per row (per force component) so structure size alone does not rank.
+    normalize : bool
+        Scale every structure's block to unit mean squared row norm first, so PV measures
+        how new a structure's directions are, not how large its gradients are.
+    """
+
+    def __init__(self, name, features, feature_seconds, *, method="lcmd", noise_var=1e-2,
+                 shortlist_factor=4, intensive=True, normalize=False):
+        self.name = name
+        self.features = features
+        self.pending_seconds = float(feature_seconds)
+        self.method = method
+        self.noise_var = noise_var
+        self.shortlist_factor = shortlist_factor
+        self.intensive = intensive
+        self.normalize = normalize
+
+    def _take(self, indices):
+        blocks = self.features.take(indices)
+        if not self.normalize:
+            return blocks
+        import ntkal
+
+        sq = np.add.reduceat((blocks.rows.astype(np.float64) ** 2).sum(axis=1), blocks.offsets[:-1])
+        scale = 1.0 / np.sqrt(np.maximum(sq / blocks.sizes, 1e-30))
+        return ntkal.Blocks((blocks.rows * np.repeat(scale, blocks.sizes)[:, None]).astype(np.float32),
+                            blocks.offsets)
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        import ntkal
+
+        train = self._take(state.labelled)
+        cand = self._take(state.candidates)
+        post = ntkal.Posterior(train.dim, noise_var=self.noise_var, scale=True).add(train)
+        if self.method == "greedy_pv":
+            picked, _ = ntkal.select(cand, None, n, method="greedy_pv", posterior=post)
+            return state.candidates[picked]
+        k = min(len(state.candidates), max(n, self.shortlist_factor * n))
+        short, _ = ntkal.shortlist(cand, None, post, k, intensive=self.intensive)
+        picked, _ = ntkal.select(cand.take(short), None, n, method="lcmd", train_rows=train,
+                                 seed=state.seed)
+        return state.candidates[short[picked]]
+
+    def charge_once(self) -> float:
+        """Featurisation seconds not yet charged (returned once, then 0)."""
+        seconds, self.pending_seconds = self.pending_seconds, 0.0
+        return seconds
+
+
+def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
+         intensive=True, normalize=False):
+    """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds)."""
+    if name == "random":
+        return RandomStrategy()
+    if name == "max_force":
+        return MaxForceStrategy()
+    if name == "committee":
+        return CommitteeStrategy(committee_size)
+    if name in KERNEL_OF:
+        blocks, seconds = features
+        method = "greedy_pv" if name.endswith("_greedy") else "lcmd"
+        return KernelStrategy(name, blocks, seconds, method=method, noise_var=noise_var,
+                              shortlist_factor=shortlist_factor, intensive=intensive,
+                              normalize=normalize)
+    raise ValueError(f"strategies.make: unknown strategy {name!r}; expected one of {STRATEGIES}")

@@ -1,0 +1,239 @@
+"""Active-learning study: which pool structures to label next when fine-tuning CHGNet.
+
+Data: MD frames of small molecules labelled with GFN2-xTB and Cu/Cu-Au cells labelled with
+EMT (bench/al/data.py, cached under --cache). Model: pretrained CHGNet with fitted
+per-element energy offsets, fine-tuned from the pretrained weights every round.
+Strategies: random, committee, max_force, embedding, energy_ntk, force_ntk, joint_ntk,
+joint_ntk_greedy (bench/al/strategies.py). A pool-shift study repeats a few strategies on
+pools biased towards one group (default: 300 K frames) by a mixing coefficient.
+
+Usage (from the repository root):
+    PYTHONPATH=python python bench/al_loop.py --quick --out r.json
+    PYTHONPATH=python nice -n 10 python bench/al_loop.py --out bench/results/al_full.json
+
+Prints per-strategy final errors, the label fraction each strategy needs to reach random's
+final force MAE, and its acquisition cost against the committee's, all from this one run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+try:
+    import ntkal  # noqa: F401
+except ImportError:  # running from a checkout without PYTHONPATH=python
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+
+import numpy as np  # noqa: E402
+
+from al import features as F  # noqa: E402
+from al import pools, report, runner  # noqa: E402
+from al.data import DataRecipe, load_dataset  # noqa: E402
+from al.loop import LoopConfig  # noqa: E402
+from al.model import FinetuneConfig  # noqa: E402
+from al.strategies import KERNEL_OF, STRATEGIES  # noqa: E402
+
+# quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
+PRESETS = {
+    "quick": dict(seeds=[0], pool_size=240, n_initial=20, batch=20, rounds=3, steps=30,
+                  committee_size=3, shift_alphas=["natural", 0.8], shift_seeds=[0, 1], shift_rounds=2,
+                  shift_pool_size=90, shift_strategies=["random", "joint_ntk"]),
+    "full": dict(seeds=[0, 1, 2], pool_size=None, n_initial=20, batch=20, rounds=5, steps=80,
+                 committee_size=4, shift_alphas=["natural", 0.6, 0.85], shift_seeds=[0, 1, 2], shift_rounds=4,
+                 shift_pool_size=200,
+                 shift_strategies=["random", "max_force", "joint_ntk"]),
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 seed, pool 300, 3 rounds (< 20 min on 2 cores)")
+    p.add_argument("--out", default="al_results.json", help="JSON output; PNG plots are written next to it")
+    p.add_argument("--cache", default=os.path.join(HERE, ".cache"), help="labelled-data cache directory")
+    p.add_argument("--data-seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--pool-size", type=int, help="subsample the pool (stratified); default all (full)")
+    p.add_argument("--n-initial", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--rounds", type=int)
+    p.add_argument("--steps", type=int, help="fine-tuning optimiser steps per round (batch 8)")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--committee-size", type=int)
+    p.add_argument("--dim", type=int, default=512, help="NTK sketch width d")
+    p.add_argument("--force-rows", type=int, default=4, help="k random force combinations per structure")
+    p.add_argument("--energy-weight", type=float, default=1.0, help="joint NTK: energy-row weight")
+    p.add_argument("--noise-var", type=float, default=1e-2, help="posterior sigma^2 (features scaled)")
+    p.add_argument("--shortlist-factor", type=int, default=4, help="PV shortlist = factor x batch")
+    p.add_argument("--extensive", action="store_true", help="rank by total PV, not PV per row")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:STRATEGY:KEY=VALUE[,KEY=VALUE]",
+                   help="extra kernel-strategy setting in the main study, e.g. "
+                        "joint_sl10:joint_ntk:shortlist_factor=10 (keys: noise_var, shortlist_factor, "
+                        "intensive, normalize)")
+    p.add_argument("--shift-group", default="temperature=300", help="KEY=VALUE of frame.info to bias towards")
+    p.add_argument("--shift-alphas", nargs="+", help="group shares of the biased pool ('natural' = unbiased)")
+    p.add_argument("--shift-seeds", type=int, nargs="+")
+    p.add_argument("--shift-pool-size", type=int)
+    p.add_argument("--shift-rounds", type=int)
+    p.add_argument("--shift-strategies", nargs="+", choices=STRATEGIES)
+    p.add_argument("--no-pool-shift", action="store_true")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (1 torch thread each)")
+    args = p.parse_args(argv)
+    preset = PRESETS["quick" if args.quick else "full"]
+    for key, value in preset.items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.shift_alphas = [a if a == "natural" else float(a) for a in args.shift_alphas]
+    args.variants = [parse_variant(v) for v in args.variant]
+    return args
+
+
+def parse_variant(text: str):
+    """'label:strategy:k=v,k=v' -> (label, strategy, {k: v}) with numbers and booleans parsed."""
+    label, strategy, *rest = text.split(":")
+    if strategy not in KERNEL_OF:
+        raise SystemExit(f"--variant {text!r}: strategy must be one of {sorted(KERNEL_OF)}")
+    overrides = {}
+    for item in filter(None, (rest[0] if rest else "").split(",")):
+        key, value = item.split("=", 1)
+        if key not in ("noise_var", "shortlist_factor", "intensive", "normalize"):
+            raise SystemExit(f"--variant {text!r}: unknown key {key!r}")
+        overrides[key] = (value.lower() == "true") if value.lower() in ("true", "false") else (
+            int(value) if value.isdigit() else float(value))
+    return label, strategy, overrides
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    t_start = time.perf_counter()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
+    recipe = DataRecipe(seed=args.data_seed)
+    data = load_dataset(args.cache, recipe)
+    master = pools.subsample(data.pool, args.pool_size, args.data_seed)
+    print(f"data: pool {len(master)} of {len(data.pool)}, test_id {len(data.test_id)}, "
+          f"test_shift {len(data.test_shift)}", flush=True)
+
+    loop_cfg = LoopConfig(n_initial=args.n_initial, batch=args.batch, rounds=args.rounds,
+                          committee_size=args.committee_size,
+                          finetune=FinetuneConfig(steps=args.steps, lr=args.lr))
+    strategy_args = dict(committee_size=args.committee_size, noise_var=args.noise_var,
+                         shortlist_factor=args.shortlist_factor, intensive=not args.extensive)
+
+    shift_cfg = LoopConfig(n_initial=args.n_initial, batch=args.batch, rounds=args.shift_rounds,
+                           committee_size=args.committee_size, finetune=loop_cfg.finetune)
+    main_entries = list(args.strategies) + args.variants
+    labels = list(args.strategies) + [v[0] for v in args.variants]
+    runs = [("main", master, seed, main_entries, loop_cfg) for seed in args.seeds]
+    shift = None
+    if not args.no_pool_shift:
+        key, value = args.shift_group.split("=", 1)
+        shift = {"group": args.shift_group, "alpha_keys": [], "alphas": [], "pools": {}}
+        for alpha in args.shift_alphas:
+            for seed in args.shift_seeds:
+                idx = pools.biased(data.pool, master, key, value, None if alpha == "natural" else alpha,
+                                   args.shift_pool_size, seed)
+                share = float(np.mean([pools.in_group(data.pool[i], key, value) for i in idx]))
+                runs.append((f"shift_a{share:.2f}", idx, seed, list(args.shift_strategies), shift_cfg))
+            shift["alpha_keys"].append(f"shift_a{share:.2f}")
+            shift["alphas"].append(share)
+
+    kernels = sorted({KERNEL_OF[e if isinstance(e, str) else e[1]] for _, _, _, entries, _ in runs
+                      for e in entries if (e if isinstance(e, str) else e[1]) in KERNEL_OF})
+    run_dir = tempfile.mkdtemp(prefix="al_run_")
+    try:
+        feature_seconds = {}
+        if kernels:
+            print(f"featurising {len(master)} pool structures with pretrained CHGNet: {kernels}", flush=True)
+            cfg = F.FeatureConfig(dim=args.dim, force_rows=args.force_rows, energy_weight=args.energy_weight,
+                                  seed=args.data_seed, workers=args.workers)
+            feats = F.compute(kernels, [data.pool[i] for i in master], cfg)
+            np.save(os.path.join(run_dir, "features_index.npy"), master)
+            for kernel, (blocks, seconds) in feats.items():
+                blocks.save(os.path.join(run_dir, f"features_{kernel}.npz"))
+                np.save(os.path.join(run_dir, f"features_{kernel}_seconds.npy"), seconds)
+                feature_seconds[kernel] = seconds
+        print(f"running {sum(len(r[3]) for r in runs)} learning curves on {args.workers} workers", flush=True)
+        results = runner.run_all(runs, strategy_args=strategy_args, cache_dir=args.cache,
+                                 recipe=recipe, run_dir=run_dir, kernels=kernels, workers=args.workers,
+                                 threads=1, log=lambda s: print(s, flush=True))
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+    strategies = {name: report.aggregate({seed: results[("main", seed, name)]["record"] for seed in args.seeds})
+                  for name in labels}
+    payload = {"strategies": strategies, "summary": report.summary(strategies),
+               "config": {"quick": args.quick, "argv": sys.argv[1:], "seeds": args.seeds,
+                          "pool_size": len(master), "dataset_pool": len(data.pool),
+                          "test_id": len(data.test_id), "test_shift": len(data.test_shift),
+                          "data_recipe": recipe.__dict__, "loop": {**loop_cfg.__dict__,
+                                                                   "finetune": loop_cfg.finetune.__dict__},
+                          "shift_rounds": args.shift_rounds,
+                          "strategy_args": strategy_args,
+                          "variants": {label: {"strategy": name, **o} for label, name, o in args.variants}, "dim": args.dim, "force_rows": args.force_rows,
+                          "energy_weight": args.energy_weight, "feature_seconds": feature_seconds,
+                          "units": {"energy": "eV/atom", "force": "eV/A (per component)",
+                                    "seconds": "wall clock, 1 torch thread per worker"},
+                          "test_keys": {"id": "energy_mae ...", "shift": "shift_energy_mae ..."},
+                          "workers": args.workers, "cpu_count": os.cpu_count()}}
+    if shift is not None:
+        shift["strategies"] = list(args.shift_strategies)
+        shift["seeds"] = list(args.shift_seeds)
+        shift["results"] = {}
+        for pool_key in shift["alpha_keys"]:
+            shift["results"][pool_key] = {}
+            for name in args.shift_strategies:
+                recs = [results[(pool_key, s, name)]["record"] for s in args.shift_seeds]
+                row = {}
+                for key in report.CURVE_KEYS:
+                    finals = np.array([r[key][-1] for r in recs])
+                    row[f"{key}_mean"], row[f"{key}_std"] = float(finals.mean()), float(finals.std())
+                row["n_labels"] = recs[0]["n_labels"][-1]
+                shift["results"][pool_key][name] = row
+        payload["pool_shift"] = shift
+    payload["config"]["wall_seconds"] = time.perf_counter() - t_start
+
+    out = os.path.abspath(args.out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    report.write_json(out, payload)
+    stem = os.path.splitext(out)[0]
+    title = f"CHGNet fine-tuning, {'quick' if args.quick else 'full'} run, seeds {args.seeds}"
+    report.plot_curves(stem + "_curves.png", strategies, title)
+    if shift is not None:
+        report.plot_pool_shift(stem + "_pool_shift.png", shift, f"pool biased towards {args.shift_group}")
+    print_summary(payload)
+    print(f"wrote {out} and {stem}_curves.png; total {payload['config']['wall_seconds']:.0f} s")
+    return 0
+
+
+def print_summary(payload) -> None:
+    s = payload["summary"]
+    print("\nfinal errors (mean over seeds) and ratios from this run:")
+    print(f"{'strategy':<17} {'F MAE id':>9} {'F MAE sh':>9} {'E MAE id':>9} {'E MAE sh':>9} "
+          f"{'labels->rnd':>11} {'F/rnd':>6} {'F/com':>6} {'acq s':>8} {'acq/com':>8}")
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    for name, row in s.items():
+        print(f"{name:<17} {row['final_force_mae']:9.4f} {row['final_shift_force_mae']:9.4f} "
+              f"{row['final_energy_mae']:9.4f} {row['final_shift_energy_mae']:9.4f} "
+              f"{fmt(row.get('label_fraction_vs_random'), '11.2f')} "
+              f"{fmt(row.get('force_mae_ratio_vs_random'), '6.3f')} "
+              f"{fmt(row.get('force_mae_ratio_vs_committee'), '6.3f')} {row['acq_seconds_total']:8.1f} "
+              f"{fmt(row.get('acq_cost_ratio_vs_committee'), '8.3f')}")
+    print("labels->rnd: labels needed to reach random's final force MAE, as a fraction of random's labels")
+    if "pool_shift" in payload:
+        sh = payload["pool_shift"]
+        print(f"\npool shift ({sh['group']}), final force MAE mean ± std over seeds {sh['seeds']}:")
+        for key, share in zip(sh["alpha_keys"], sh["alphas"]):
+            cells = "  ".join(f"{n} {r['force_mae_mean']:.4f}±{r['force_mae_std']:.4f} "
+                              f"(shift {r['shift_force_mae_mean']:.4f}±{r['shift_force_mae_std']:.4f})"
+                              for n, r in sh["results"][key].items())
+            print(f"  share {share:.2f}: {cells}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Smoke tests of the active-learning benchmark's plumbing (bench/al): seconds, no full run."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("chgnet")
+pytest.importorskip("tblite")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+from al import data as D  # noqa: E402
+from al import loop, pools, report, strategies  # noqa: E402
+from al import model as M  # noqa: E402
+
+TINY = D.DataRecipe(molecules=("CH3OH",), unseen_molecule="H2O", metals=("Cu6Au2",), temperatures=(300,),
+                    shift_temperature=900, molecule_pool_frames=3, molecule_test_frames=1, unseen_frames=1,
+                    metal_pool_trajectories=1, metal_pool_frames=3, metal_test_frames=1, seed=5)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return D.load_dataset(str(tmp_path_factory.mktemp("al_cache")), TINY, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def ctx(tiny):
+    return loop.Context(tiny)
+
+
+def test_dataset_splits_and_labels_are_the_reference_methods(tiny):
+    assert len(tiny.pool) == 6 and len(tiny.test_id) == 2
+    assert {f.info["shift"] for f in tiny.test_shift} == {"temperature", "unseen_molecule", "strain"}
+    from ase.calculators.emt import EMT
+    from tblite.ase import TBLite
+
+    mol = next(f for f in tiny.pool if f.info["domain"] == "molecule")
+    bare = mol.copy()
+    bare.pbc = False
+    bare.calc = TBLite(method="GFN2-xTB", verbosity=0)
+    # a fresh SCF vs the MD's warm-started one: agreement to the SCF tolerance, not bitwise
+    assert bare.get_potential_energy() == pytest.approx(mol.get_potential_energy(), abs=1e-4)
+    np.testing.assert_allclose(bare.get_forces(), mol.get_forces(), atol=1e-3)
+    metal = next(f for f in tiny.pool if f.info["domain"] == "metal")
+    again = metal.copy()
+    again.calc = EMT()
+    assert again.get_potential_energy() == pytest.approx(metal.get_potential_energy(), abs=1e-8)
+    assert sorted(set(metal.get_chemical_symbols())) == ["Au", "Cu"]
+
+
+def test_dataset_is_cached_and_deterministic(tiny, tmp_path):
+    again = D.load_dataset(str(tmp_path), TINY, verbose=False)  # fresh directory: regenerated
+    e1, _ = D.energies_forces(tiny.pool)
+    e2, _ = D.energies_forces(again.pool)
+    np.testing.assert_allclose(e1, e2, atol=1e-8)
+    assert os.path.exists(tmp_path / ".gitignore")
+
+
+def test_energy_offsets_remove_the_mean_energy_error(ctx):
+    net = M.pretrained()
+    mol = [i for i, f in enumerate(ctx.pool) if f.info["domain"] == "molecule"]
+    before = M.predict(net, [ctx.graphs[i] for i in mol])[0] - ctx.labels.energy[mol]
+    M.fit_energy_offsets(net, ctx.graphs, ctx.labels, mol)
+    after = M.predict(net, [ctx.graphs[i] for i in mol])[0] - ctx.labels.energy[mol]
+    assert abs(before.mean()) > 10.0  # xTB and CHGNet energies are on different scales
+    assert abs(after.mean()) < 1e-3 * abs(before.mean())
+
+
+def test_finetune_reduces_training_force_error(ctx):
+    index = np.arange(len(ctx.pool))
+    cfg = M.FinetuneConfig(steps=8, batch_size=6, lr=1e-3)
+    offsets_only = M.pretrained()
+    M.fit_energy_offsets(offsets_only, ctx.graphs, ctx.labels, index)
+    tuned, seconds = M.finetune(ctx.graphs, ctx.labels, index, cfg, seed=0)
+    before = M.errors(offsets_only, ctx.graphs, ctx.labels)["force_mae"]
+    after = M.errors(tuned, ctx.graphs, ctx.labels)["force_mae"]
+    assert after < before and seconds > 0
+
+
+def _state(ctx, labelled, candidates, net):
+    return strategies.RoundState(seed=0, round=0, candidates=np.asarray(candidates), labelled=np.asarray(labelled),
+                                 model=net, graphs=ctx.graphs, labels=ctx.labels,
+                                 finetune_config=M.FinetuneConfig(steps=1, batch_size=8))
+
+
+def test_model_based_strategies_pick_distinct_candidates(ctx):
+    net = M.pretrained()
+    state = _state(ctx, [0, 3], [1, 2, 4, 5], net)
+    for strat in (strategies.RandomStrategy(), strategies.MaxForceStrategy(), strategies.CommitteeStrategy(2)):
+        picked = strat.select(state, 2)
+        assert len(set(picked.tolist())) == 2 and set(picked.tolist()) <= {1, 2, 4, 5}
+
+
+@pytest.mark.parametrize("name", ["joint_ntk", "joint_ntk_greedy"])
+def test_kernel_strategy_skips_structures_the_training_set_already_covers(name):
+    import ntkal
+
+    from al.features import PoolFeatures
+
+    rng = np.random.default_rng(0)
+    base = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(4)]
+    # pool: 4 training structures, 4 exact copies of them, 4 new ones
+    blocks = ntkal.Blocks.from_list(base + base + [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(4)])
+    feats = PoolFeatures(blocks, np.arange(12), 12)
+    strat = strategies.make(name, (feats, 1.5), noise_var=1e-3)
+    state = strategies.RoundState(0, 0, np.arange(4, 12), np.arange(4), None, None, None, None)
+    picked = strat.select(state, 3)
+    assert set(picked.tolist()) <= set(range(8, 12))
+    assert strat.charge_once() == 1.5 and strat.charge_once() == 0.0
+
+
+def test_biased_pool_has_the_requested_share(tiny):
+    frames = tiny.pool + tiny.pool  # 12 frames, 6 molecules
+    idx = pools.biased(frames, np.arange(12), "domain", "molecule", 0.75, 8, seed=0)
+    assert len(idx) == 8 and sum(frames[i].info["domain"] == "molecule" for i in idx) == 6
+    with pytest.raises(ValueError, match="alpha"):
+        pools.biased(frames, np.arange(12), "domain", "molecule", 1.0, 8, seed=0)
+
+
+def test_labels_to_reach_interpolates_and_reports_never():
+    assert report.labels_to_reach([10, 20, 30], [1.0, 0.5, 0.3], 0.4) == pytest.approx(25.0)
+    assert report.labels_to_reach([10, 20, 30], [1.0, 0.5, 0.3], 0.1) is None
