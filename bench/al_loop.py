@@ -41,11 +41,11 @@ from al.strategies import KERNEL_OF, STRATEGIES  # noqa: E402
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
-    "quick": dict(seeds=[0], pool_size=240, n_initial=20, batch=20, rounds=3, steps=30,
+    "quick": dict(seeds=[0], pool_size=240, n_initial=20, batch=20, rounds=3, steps=40,
                   committee_size=3, shift_alphas=["natural", 0.8], shift_seeds=[0, 1], shift_rounds=2,
                   shift_pool_size=90, shift_strategies=["random", "joint_ntk"]),
-    "full": dict(seeds=[0, 1, 2], pool_size=None, n_initial=20, batch=20, rounds=5, steps=80,
-                 committee_size=4, shift_alphas=["natural", 0.6, 0.85], shift_seeds=[0, 1, 2], shift_rounds=4,
+    "full": dict(seeds=[0, 1, 2], pool_size=None, n_initial=20, batch=20, rounds=5, steps=100,
+                 committee_size=4, shift_alphas=["natural", 0.85], shift_seeds=[0, 1, 2], shift_rounds=3,
                  shift_pool_size=200,
                  shift_strategies=["random", "max_force", "joint_ntk"]),
 }
@@ -59,12 +59,14 @@ def parse_args(argv=None):
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--domain", default="all", choices=("all", "molecule", "metal"),
+                   help="restrict pool and test sets to molecules (GFN2-xTB) or metals (EMT)")
     p.add_argument("--pool-size", type=int, help="subsample the pool (stratified); default all (full)")
     p.add_argument("--n-initial", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--rounds", type=int)
     p.add_argument("--steps", type=int, help="fine-tuning optimiser steps per round (batch 8)")
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay)")
     p.add_argument("--committee-size", type=int)
     p.add_argument("--dim", type=int, default=512, help="NTK sketch width d")
     p.add_argument("--force-rows", type=int, default=4, help="k random force combinations per structure")
@@ -115,9 +117,13 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
     recipe = DataRecipe(seed=args.data_seed)
     data = load_dataset(args.cache, recipe)
-    master = pools.subsample(data.pool, args.pool_size, args.data_seed)
-    print(f"data: pool {len(master)} of {len(data.pool)}, test_id {len(data.test_id)}, "
-          f"test_shift {len(data.test_shift)}", flush=True)
+    in_domain = lambda f: args.domain in ("all", f.info["domain"])  # noqa: E731
+    eligible = np.array([i for i, f in enumerate(data.pool) if in_domain(f)])
+    master = eligible[pools.subsample([data.pool[i] for i in eligible], args.pool_size, args.data_seed)]
+    n_id = sum(map(in_domain, data.test_id))
+    n_shift = sum(map(in_domain, data.test_shift))
+    print(f"data ({args.domain}): pool {len(master)} of {len(data.pool)}, test_id {n_id}, "
+          f"test_shift {n_shift}", flush=True)
 
     loop_cfg = LoopConfig(n_initial=args.n_initial, batch=args.batch, rounds=args.rounds,
                           committee_size=args.committee_size,
@@ -143,6 +149,10 @@ def main(argv=None) -> int:
             shift["alpha_keys"].append(f"shift_a{share:.2f}")
             shift["alphas"].append(share)
 
+    for key, pool, _, _, cfg in runs:
+        need = cfg.n_initial + cfg.rounds * cfg.batch
+        if len(pool) < need:
+            raise SystemExit(f"pool {key!r} has {len(pool)} structures; n_initial + rounds x batch needs {need}")
     kernels = sorted({KERNEL_OF[e if isinstance(e, str) else e[1]] for _, _, _, entries, _ in runs
                       for e in entries if (e if isinstance(e, str) else e[1]) in KERNEL_OF})
     run_dir = tempfile.mkdtemp(prefix="al_run_")
@@ -161,7 +171,7 @@ def main(argv=None) -> int:
         print(f"running {sum(len(r[3]) for r in runs)} learning curves on {args.workers} workers", flush=True)
         results = runner.run_all(runs, strategy_args=strategy_args, cache_dir=args.cache,
                                  recipe=recipe, run_dir=run_dir, kernels=kernels, workers=args.workers,
-                                 threads=1, log=lambda s: print(s, flush=True))
+                                 threads=1, domain=args.domain, log=lambda s: print(s, flush=True))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -169,8 +179,8 @@ def main(argv=None) -> int:
                   for name in labels}
     payload = {"strategies": strategies, "summary": report.summary(strategies),
                "config": {"quick": args.quick, "argv": sys.argv[1:], "seeds": args.seeds,
-                          "pool_size": len(master), "dataset_pool": len(data.pool),
-                          "test_id": len(data.test_id), "test_shift": len(data.test_shift),
+                          "domain": args.domain, "pool_size": len(master),
+                          "dataset_pool": len(data.pool), "test_id": n_id, "test_shift": n_shift,
                           "data_recipe": recipe.__dict__, "loop": {**loop_cfg.__dict__,
                                                                    "finetune": loop_cfg.finetune.__dict__},
                           "shift_rounds": args.shift_rounds,
@@ -202,7 +212,8 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     report.write_json(out, payload)
     stem = os.path.splitext(out)[0]
-    title = f"CHGNet fine-tuning, {'quick' if args.quick else 'full'} run, seeds {args.seeds}"
+    title = (f"CHGNet fine-tuning, {'quick' if args.quick else 'full'} run, {args.domain} structures, "
+             f"seeds {args.seeds}")
     report.plot_curves(stem + "_curves.png", strategies, title)
     if shift is not None:
         report.plot_pool_shift(stem + "_pool_shift.png", shift, f"pool biased towards {args.shift_group}")

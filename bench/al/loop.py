@@ -24,16 +24,22 @@ class LoopConfig:
 
 
 class Context:
-    """Per-process data shared by all runs: graphs and labels of the pool and test sets."""
+    """Per-process data shared by all runs: graphs and labels of the pool and test sets.
 
-    def __init__(self, dataset):
+    ``domain`` ("all", "molecule" or "metal") restricts the test sets; pools are chosen by
+    the caller (their indices always refer to the whole cached pool).
+    """
+
+    def __init__(self, dataset, domain: str = "all"):
         net = M.pretrained()
         self.pool = dataset.pool
         self.graphs = M.to_graphs(net, dataset.pool)
         self.labels = M.Labels(dataset.pool)
-        self.tests = {"id": (M.to_graphs(net, dataset.test_id), M.Labels(dataset.test_id)),
-                      "shift": (M.to_graphs(net, dataset.test_shift), M.Labels(dataset.test_shift))}
-        self.domains = {"id": _domains(dataset.test_id), "shift": _domains(dataset.test_shift)}
+        self.tests, self.domains = {}, {}
+        for test, frames in (("id", dataset.test_id), ("shift", dataset.test_shift)):
+            frames = [f for f in frames if domain in ("all", f.info["domain"])]
+            self.tests[test] = (M.to_graphs(net, frames), M.Labels(frames))
+            self.domains[test] = _domains(frames)
 
 
 def _domains(frames) -> dict:

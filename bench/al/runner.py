@@ -19,14 +19,14 @@ import numpy as np
 _WORKER = {}
 
 
-def _init(cache_dir, recipe, run_dir, kernels, threads):
+def _init(cache_dir, recipe, run_dir, kernels, threads, domain="all"):
     import torch
 
     from . import loop
     from .data import load_dataset
 
     torch.set_num_threads(threads)
-    _WORKER["ctx"] = loop.Context(load_dataset(cache_dir, recipe, verbose=False))
+    _WORKER["ctx"] = loop.Context(load_dataset(cache_dir, recipe, verbose=False), domain)
     _WORKER["run_dir"] = run_dir
     _WORKER["features"] = {}
     if kernels:
@@ -91,13 +91,13 @@ def _spec(entry):
 
 
 def run_all(runs, *, strategy_args, cache_dir, recipe, run_dir, kernels, workers,
-            threads, log=print):
+            threads, domain="all", log=print):
     """``runs``: list of (pool_key, pool indices, seed, [strategy entries], LoopConfig).
 
     A strategy entry is a name or (label, name, {argument overrides}) (parameter sweeps).
     Returns {(pool_key, seed, label): job result with "record"}.
     """
-    init_args = (cache_dir, recipe, run_dir, tuple(kernels), threads)
+    init_args = (cache_dir, recipe, run_dir, tuple(kernels), threads, domain)
     round0 = {}
 
     def done0(res):
