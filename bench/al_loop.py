@@ -17,10 +17,10 @@ final force MAE, and its acquisition cost against the committee's, all from this
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -41,19 +41,18 @@ from al.strategies import KERNEL_OF, STRATEGIES  # noqa: E402
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
-    "quick": dict(seeds=[0], pool_size=240, n_initial=20, batch=20, rounds=3, steps=40,
+    "quick": dict(seeds=[0], pool_size=240, n_initial=16, batch=16, rounds=3, steps=32, epochs=8.0,
                   committee_size=3, shift_alphas=["natural", 0.8], shift_seeds=[0, 1], shift_rounds=2,
                   shift_pool_size=90, shift_strategies=["random", "joint_ntk"]),
-    "full": dict(seeds=[0, 1, 2], pool_size=None, n_initial=20, batch=20, rounds=5, steps=100,
-                 committee_size=4, shift_alphas=["natural", 0.85], shift_seeds=[0, 1, 2], shift_rounds=3,
-                 shift_pool_size=200,
-                 shift_strategies=["random", "max_force", "joint_ntk"]),
+    "full": dict(seeds=[0, 1, 2], pool_size=None, n_initial=20, batch=20, rounds=4, steps=32, epochs=8.0,
+                 committee_size=3, shift_alphas=["natural", 0.85], shift_seeds=[0, 1, 2], shift_rounds=2,
+                 shift_pool_size=200, shift_strategies=["random", "joint_ntk"]),
 }
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="1 seed, pool 300, 3 rounds (< 20 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="1 seed, pool 240, 3 rounds of 16 labels (< 20 min on 2 cores)")
     p.add_argument("--out", default="al_results.json", help="JSON output; PNG plots are written next to it")
     p.add_argument("--cache", default=os.path.join(HERE, ".cache"), help="labelled-data cache directory")
     p.add_argument("--data-seed", type=int, default=0)
@@ -65,7 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--n-initial", type=int)
     p.add_argument("--batch", type=int)
     p.add_argument("--rounds", type=int)
-    p.add_argument("--steps", type=int, help="fine-tuning optimiser steps per round (batch 8)")
+    p.add_argument("--steps", type=int, help="minimum fine-tuning optimiser steps per round (batch 8)")
+    p.add_argument("--epochs", type=float, help="fine-tuning passes over the training set per round "
+                                                 "(steps = max(--steps, epochs x labels / 8))")
     p.add_argument("--lr", type=float, default=3e-3, help="Adam learning rate (cosine decay)")
     p.add_argument("--committee-size", type=int)
     p.add_argument("--dim", type=int, default=512, help="NTK sketch width d")
@@ -77,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:STRATEGY:KEY=VALUE[,KEY=VALUE]",
                    help="extra kernel-strategy setting in the main study, e.g. "
                         "joint_sl10:joint_ntk:shortlist_factor=10 (keys: noise_var, shortlist_factor, "
-                        "intensive, normalize)")
+                        "intensive, normalize, energy_weight)")
     p.add_argument("--shift-group", default="temperature=300", help="KEY=VALUE of frame.info to bias towards")
     p.add_argument("--shift-alphas", nargs="+", help="group shares of the biased pool ('natural' = unbiased)")
     p.add_argument("--shift-seeds", type=int, nargs="+")
@@ -85,6 +86,10 @@ def parse_args(argv=None):
     p.add_argument("--shift-rounds", type=int)
     p.add_argument("--shift-strategies", nargs="+", choices=STRATEGIES)
     p.add_argument("--no-pool-shift", action="store_true")
+    p.add_argument("--work-dir", help="where finished jobs are kept; a rerun with the same settings "
+                                        "resumes from it (default: next to --out)")
+    p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
+    p.add_argument("--plot-only", metavar="JSON", help="redraw the PNGs of an existing result file and exit")
     p.add_argument("--workers", type=int, default=2, help="worker processes (1 torch thread each)")
     args = p.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
@@ -104,15 +109,77 @@ def parse_variant(text: str):
     overrides = {}
     for item in filter(None, (rest[0] if rest else "").split(",")):
         key, value = item.split("=", 1)
-        if key not in ("noise_var", "shortlist_factor", "intensive", "normalize"):
+        if key not in ("noise_var", "shortlist_factor", "intensive", "normalize", "energy_weight"):
             raise SystemExit(f"--variant {text!r}: unknown key {key!r}")
         overrides[key] = (value.lower() == "true") if value.lower() in ("true", "false") else (
-            int(value) if value.isdigit() else float(value))
+            int(value) if key == "shortlist_factor" else float(value))
     return label, strategy, overrides
+
+
+def replot(path: str, cache: str) -> None:
+    with open(path) as fh:
+        payload = json.load(fh)
+    if "selection_mix" not in payload:  # result files written before it existed
+        recipe = DataRecipe(**{k: tuple(v) if isinstance(v, list) else v
+                               for k, v in payload["config"]["data_recipe"].items()})
+        payload["selection_mix"] = selection_mix(payload["strategies"], load_dataset(cache, recipe).pool)
+        report.write_json(path, payload)
+    stem, cfg = os.path.splitext(path)[0], payload["config"]
+    title = (f"CHGNet fine-tuning, {'quick' if cfg['quick'] else 'full'} run, "
+             f"{cfg.get('domain', 'all')} structures, seeds {cfg['seeds']}")
+    report.plot_curves(stem + "_curves.png", payload["strategies"], title)
+    if "pool_shift" in payload:
+        report.plot_pool_shift(stem + "_pool_shift.png", payload["pool_shift"],
+                               f"pool biased towards {payload['pool_shift']['group']}")
+    print_summary(payload)
+
+
+# arguments that do not change any number of the study (a resumed run may change them)
+NOT_IDENTITY = ("out", "work_dir", "keep_work", "plot_only", "workers", "cache")
+
+
+def open_work_dir(args) -> str:
+    """The run directory: created, or reused when it holds a run with the same settings."""
+    run_dir = args.work_dir or os.path.splitext(os.path.abspath(args.out))[0] + "_work"
+    identity = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY},
+                          sort_keys=True, default=str)
+    stamp = os.path.join(run_dir, "settings.json")
+    if os.path.exists(stamp):
+        with open(stamp) as fh:
+            if fh.read() != identity:
+                raise SystemExit(f"--work-dir {run_dir!r} holds an interrupted run with other settings; "
+                                 "delete it or pass another --work-dir")
+        done = len(os.listdir(os.path.join(run_dir, "jobs"))) if os.path.isdir(os.path.join(run_dir, "jobs")) else 0
+        print(f"resuming the run in {run_dir} ({done} finished jobs)", flush=True)
+        return run_dir
+    os.makedirs(run_dir, exist_ok=True)
+    with open(stamp + ".tmp", "w") as fh:
+        fh.write(identity)
+    os.replace(stamp + ".tmp", stamp)
+    return run_dir
+
+
+def featurise(args, kernels, frames, master, run_dir) -> dict:
+    """Pool features of every kernel, computed once per run directory; {kernel: seconds}."""
+    path = lambda name: os.path.join(run_dir, name)  # noqa: E731
+    missing = [k for k in kernels if not os.path.exists(path(f"features_{k}.npz"))]
+    if missing:
+        print(f"featurising {len(frames)} pool structures with pretrained CHGNet: {missing}", flush=True)
+        cfg = F.FeatureConfig(dim=args.dim, force_rows=args.force_rows, energy_weight=args.energy_weight,
+                              seed=args.data_seed, workers=args.workers)
+        np.save(path("features_index.npy"), master)
+        for kernel, (blocks, seconds) in F.compute(missing, frames, cfg).items():
+            np.save(path(f"features_{kernel}_seconds.npy"), seconds)
+            blocks.save(path(f"features_{kernel}.tmp.npz"))  # the rename marks it complete
+            os.replace(path(f"features_{kernel}.tmp.npz"), path(f"features_{kernel}.npz"))
+    return {k: float(np.load(path(f"features_{k}_seconds.npy"))) for k in kernels}
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.plot_only:
+        replot(args.plot_only, args.cache)
+        return 0
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
     recipe = DataRecipe(seed=args.data_seed)
@@ -127,7 +194,7 @@ def main(argv=None) -> int:
 
     loop_cfg = LoopConfig(n_initial=args.n_initial, batch=args.batch, rounds=args.rounds,
                           committee_size=args.committee_size,
-                          finetune=FinetuneConfig(steps=args.steps, lr=args.lr))
+                          finetune=FinetuneConfig(steps=args.steps, epochs=args.epochs, lr=args.lr))
     strategy_args = dict(committee_size=args.committee_size, noise_var=args.noise_var,
                          shortlist_factor=args.shortlist_factor, intensive=not args.extensive)
 
@@ -155,29 +222,20 @@ def main(argv=None) -> int:
             raise SystemExit(f"pool {key!r} has {len(pool)} structures; n_initial + rounds x batch needs {need}")
     kernels = sorted({KERNEL_OF[e if isinstance(e, str) else e[1]] for _, _, _, entries, _ in runs
                       for e in entries if (e if isinstance(e, str) else e[1]) in KERNEL_OF})
-    run_dir = tempfile.mkdtemp(prefix="al_run_")
-    try:
-        feature_seconds = {}
-        if kernels:
-            print(f"featurising {len(master)} pool structures with pretrained CHGNet: {kernels}", flush=True)
-            cfg = F.FeatureConfig(dim=args.dim, force_rows=args.force_rows, energy_weight=args.energy_weight,
-                                  seed=args.data_seed, workers=args.workers)
-            feats = F.compute(kernels, [data.pool[i] for i in master], cfg)
-            np.save(os.path.join(run_dir, "features_index.npy"), master)
-            for kernel, (blocks, seconds) in feats.items():
-                blocks.save(os.path.join(run_dir, f"features_{kernel}.npz"))
-                np.save(os.path.join(run_dir, f"features_{kernel}_seconds.npy"), seconds)
-                feature_seconds[kernel] = seconds
-        print(f"running {sum(len(r[3]) for r in runs)} learning curves on {args.workers} workers", flush=True)
-        results = runner.run_all(runs, strategy_args=strategy_args, cache_dir=args.cache,
-                                 recipe=recipe, run_dir=run_dir, kernels=kernels, workers=args.workers,
-                                 threads=1, domain=args.domain, log=lambda s: print(s, flush=True))
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir = open_work_dir(args)
+    feature_seconds = {}
+    if kernels:
+        feature_seconds = featurise(args, kernels, [data.pool[i] for i in master], master, run_dir)
+    print(f"running {sum(len(r[3]) for r in runs)} learning curves on {args.workers} workers "
+          f"(finished jobs kept in {run_dir})", flush=True)
+    results = runner.run_all(runs, strategy_args=strategy_args, cache_dir=args.cache,
+                             recipe=recipe, run_dir=run_dir, kernels=kernels, workers=args.workers,
+                             threads=1, domain=args.domain, log=lambda s: print(s, flush=True))
 
     strategies = {name: report.aggregate({seed: results[("main", seed, name)]["record"] for seed in args.seeds})
                   for name in labels}
     payload = {"strategies": strategies, "summary": report.summary(strategies),
+               "selection_mix": selection_mix(strategies, data.pool),
                "config": {"quick": args.quick, "argv": sys.argv[1:], "seeds": args.seeds,
                           "domain": args.domain, "pool_size": len(master),
                           "dataset_pool": len(data.pool), "test_id": n_id, "test_shift": n_shift,
@@ -201,6 +259,8 @@ def main(argv=None) -> int:
                 recs = [results[(pool_key, s, name)]["record"] for s in args.shift_seeds]
                 row = {}
                 for key in report.CURVE_KEYS:
+                    if key not in recs[0]:
+                        continue
                     finals = np.array([r[key][-1] for r in recs])
                     row[f"{key}_mean"], row[f"{key}_std"] = float(finals.mean()), float(finals.std())
                 row["n_labels"] = recs[0]["n_labels"][-1]
@@ -212,14 +272,24 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     report.write_json(out, payload)
     stem = os.path.splitext(out)[0]
-    title = (f"CHGNet fine-tuning, {'quick' if args.quick else 'full'} run, {args.domain} structures, "
-             f"seeds {args.seeds}")
-    report.plot_curves(stem + "_curves.png", strategies, title)
-    if shift is not None:
-        report.plot_pool_shift(stem + "_pool_shift.png", shift, f"pool biased towards {args.shift_group}")
-    print_summary(payload)
+    replot(out, args.cache)
+    if not args.keep_work:
+        shutil.rmtree(run_dir, ignore_errors=True)
     print(f"wrote {out} and {stem}_curves.png; total {payload['config']['wall_seconds']:.0f} s")
     return 0
+
+
+def selection_mix(strategies: dict, frames) -> dict:
+    """Share of each strategy's acquired structures (all rounds and seeds) per domain, temperature, system."""
+    out = {}
+    for name, s in strategies.items():
+        picks = [i for rec in s["per_seed"].values() for batch in rec["selected"] for i in batch]
+        row = {}
+        for key in ("domain", "temperature", "system"):
+            values, counts = np.unique([str(frames[i].info[key]) for i in picks], return_counts=True)
+            row[key] = {v: float(c / len(picks)) for v, c in zip(values, counts)}
+        out[name] = row
+    return out
 
 
 def print_summary(payload) -> None:
@@ -236,6 +306,11 @@ def print_summary(payload) -> None:
               f"{fmt(row.get('force_mae_ratio_vs_committee'), '6.3f')} {row['acq_seconds_total']:8.1f} "
               f"{fmt(row.get('acq_cost_ratio_vs_committee'), '8.3f')}")
     print("labels->rnd: labels needed to reach random's final force MAE, as a fraction of random's labels")
+    if "selection_mix" in payload:
+        print("\nacquired structures (all rounds and seeds): share of molecules, and per temperature (K)")
+        for name, row in payload["selection_mix"].items():
+            temps = "  ".join(f"{t}: {v:.2f}" for t, v in sorted(row["temperature"].items(), key=lambda x: int(x[0])))
+            print(f"{name:<17} molecules {row['domain'].get('molecule', 0.0):.2f}   {temps}")
     if "pool_shift" in payload:
         sh = payload["pool_shift"]
         print(f"\npool shift ({sh['group']}), final force MAE mean ± std over seeds {sh['seeds']}:")

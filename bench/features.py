@@ -69,14 +69,57 @@ def naive_features(model, atoms, S, rows: str, U=None):
     return (J @ S).numpy()
 
 
+class PeakRSS:
+    """Peak resident memory above the level at entry (MiB), sampled every 2 ms by a thread.
+
+    glibc is asked to hand freed heap pages back first (malloc_trim), so memory a previous
+    measurement freed but kept does not hide this one's growth.
+    """
+
+    def __enter__(self):
+        import ctypes
+        import threading
+
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:  # not glibc: the baseline may include cached pages
+            pass
+        self.page = os.sysconf("SC_PAGE_SIZE")
+        self.start = self.peak = self._rss()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._watch, daemon=True)
+        self.thread.start()
+        return self
+
+    def _rss(self):
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * self.page
+
+    def _watch(self):
+        while not self.stop.wait(0.002):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+        self.peak = max(self.peak, self._rss())
+        self.mib = (self.peak - self.start) / 2**20
+
+
 def timed(fn, repeats):
-    fn()  # warm-up (graph build caches, allocator)
+    """(median seconds, output, peak working MiB over all calls including the warm-up)."""
+    peak = 0.0
+    with PeakRSS() as mem:
+        fn()  # warm-up (graph build caches, allocator)
+    peak = max(peak, mem.mib)
     times = []
     for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
+        with PeakRSS() as mem:
+            t = time.perf_counter()
+            out = fn()
+            times.append(time.perf_counter() - t)
+        peak = max(peak, mem.mib)
+    return float(np.median(times)), out, peak
 
 
 def exact_pv(J_train, J_test, noise_var):
@@ -124,7 +167,8 @@ def main():
     for k in args.k:
         feats[f"joint k={k}"] = Featurizer(model, "joint", args.dim, force_rows=k)
 
-    print(f"\n{'structure':10s} {'features':13s} {'rows':>5s} {'naive s':>9s} {'ntkal s':>9s} {'speed-up':>9s}")
+    print(f"\n{'structure':10s} {'features':13s} {'rows':>5s} {'naive s':>9s} {'ntkal s':>9s} {'speed-up':>9s} "
+          f"{'ntkal str/s':>11s} {'naive MiB':>9s} {'ntkal MiB':>9s}")
     results = {}
     for label, atoms in (("Si 8", cells[0]), ("mol 20", mols[0])):
         for name, f in feats.items():
@@ -132,16 +176,18 @@ def main():
             U = None
             if name.startswith("joint k="):
                 U = torch.as_tensor(force_combinations(atoms, f.force_rows, f.seed), dtype=torch.float32)
-            t_naive, phi_naive = timed(lambda: naive_features(model, atoms, S, rows, U), args.repeats)
-            t_ours, phi = timed(lambda: f.features(atoms), args.repeats)
+            t_naive, phi_naive, mb_naive = timed(lambda: naive_features(model, atoms, S, rows, U), args.repeats)
+            t_ours, phi, mb_ours = timed(lambda: f.features(atoms), args.repeats)
             # the naive dense projection and ntkal's implicit one are the same sketch: same features
             err = np.abs(phi - phi_naive).max() / np.abs(phi_naive).max()
             results[label, name] = (t_naive, t_ours)
-            print(f"{label:10s} {name:13s} {phi.shape[0]:5d} {t_naive:9.3f} {t_ours:9.3f} {t_naive / t_ours:8.1f}x"
-                  f"   (max rel. diff to naive features {err:.1e})")
+            print(f"{label:10s} {name:13s} {phi.shape[0]:5d} {t_naive:9.3f} {t_ours:9.3f} {t_naive / t_ours:8.1f}x "
+                  f"{1 / t_ours:11.2f} {mb_naive:9.0f} {mb_ours:9.0f}   (max rel. diff to naive features {err:.1e})")
         best = min(v[1] for (lab, n), v in results.items() if lab == label and n.startswith("joint k="))
         print(f"{label:10s} naive exact joint / ntkal k-row joint (fastest k): "
               f"{results[label, 'joint exact'][0] / best:.1f}x")
+    print("(str/s = structures per second; MiB = peak resident memory above the level before the call, "
+          "warm-up included; the naive column excludes the one-time dense sketch above)")
     del S
 
     print("\nsketch accuracy: row kernel Phi Phi^T vs exact J J^T over all rows of 2 Si 8 cells + 2 molecules")

@@ -121,3 +121,36 @@ def test_biased_pool_has_the_requested_share(tiny):
 def test_labels_to_reach_interpolates_and_reports_never():
     assert report.labels_to_reach([10, 20, 30], [1.0, 0.5, 0.3], 0.4) == pytest.approx(25.0)
     assert report.labels_to_reach([10, 20, 30], [1.0, 0.5, 0.3], 0.1) is None
+
+
+def test_finetune_steps_scale_with_the_training_set():
+    cfg = M.FinetuneConfig(steps=32, epochs=8.0, batch_size=8)
+    assert M.n_steps(cfg, 20) == 32  # the minimum
+    assert M.n_steps(cfg, 100) == 100 and M.n_steps(cfg, 101) == 101
+
+
+def test_runner_keeps_finished_jobs_and_skips_them_on_resume(tmp_path):
+    from al import runner
+
+    jobs = [{"kind": "strategy", "pool_key": "main", "pool": np.arange(4), "seed": s, "label": "random",
+             "strategy": "random", "loop": None, "round0": {}} for s in (0, 1)]
+    for job in jobs:
+        runner._save_result(str(tmp_path), job, {**job, "record": {"force_mae": [0.2, 0.1 + job["seed"]]}})
+    seen = []
+    # every job is on disk: no worker may start (init_args would fail: no dataset there)
+    runner._map(jobs, (None, None, str(tmp_path), (), 1, "all"), 2,
+                lambda res, resumed: seen.append((res["seed"], res["record"]["force_mae"][-1], resumed)))
+    assert sorted(seen) == [(0, 0.1, True), (1, 1.1, True)]
+
+
+def test_work_dir_resumes_only_the_same_settings(tmp_path, capsys):
+    import al_loop
+
+    out = str(tmp_path / "r.json")
+    args = al_loop.parse_args(["--quick", "--out", out])
+    run_dir = al_loop.open_work_dir(args)
+    assert run_dir == str(tmp_path / "r_work")
+    assert al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--workers", "1"])) == run_dir
+    assert "resuming" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="other settings"):
+        al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--rounds", "5"]))

@@ -17,6 +17,8 @@ def aggregate(records: dict) -> dict:
     first = records[seeds[0]]
     out = {"n_labels": first["n_labels"], "seeds": seeds}
     for key in CURVE_KEYS + ("acq_seconds", "finetune_seconds"):
+        if key not in first:  # per-domain keys exist only for domains in the test sets
+            continue
         values = np.array([records[s][key] for s in seeds], dtype=float)
         out[key] = values.mean(axis=0).tolist()
         out[f"{key}_std"] = values.std(axis=0).tolist()
@@ -59,8 +61,9 @@ def summary(strategies: dict) -> dict:
 
 
 def write_json(path: str, payload: dict) -> None:
-    with open(path, "w") as fh:
+    with open(path + ".tmp", "w") as fh:
         json.dump(payload, fh, indent=1, default=_jsonable)
+    os.replace(path + ".tmp", path)
 
 
 def _jsonable(x):
@@ -89,7 +92,12 @@ def plot_curves(path: str, strategies: dict, title: str) -> None:
               ("shift_force_mae", "force MAE, shifted test (eV/Å)"),
               ("energy_mae", "energy MAE, in-distribution (eV/atom)"),
               ("shift_energy_mae", "energy MAE, shifted test (eV/atom)")]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    any_run = next(iter(strategies.values()))
+    if "force_mae_molecule" in any_run and "force_mae_metal" in any_run:
+        panels += [("force_mae_molecule", "force MAE, in-distribution molecules (eV/Å)"),
+                   ("force_mae_metal", "force MAE, in-distribution metals (eV/Å)")]
+    rows = len(panels) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(11, 4 * rows))
     for ax, (key, label) in zip(axes.ravel(), panels):
         for name, s in strategies.items():
             color, marker = STYLE.get(name, (None, "."))

@@ -6,9 +6,14 @@ the cached dataset and the pool features from the run directory once.
 
 Phase 1 trains each (pool, seed)'s round-0 model once (all strategies share the initial set);
 phase 2 runs the strategies from that model.
+
+Resumable: the run directory keeps every finished job (round-0 weights and errors, each
+learning curve as JSON, written atomically); a rerun on the same directory skips them, so an
+interrupted study loses only the jobs that were running.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -46,6 +51,28 @@ def _round0_path(pool_key, seed):
     return os.path.join(_WORKER["run_dir"], f"round0_{pool_key}_seed{seed}.pt")
 
 
+def _result_path(run_dir, job) -> str:
+    name = "round0" if job["kind"] == "round0" else f"curve_{job['label']}"
+    return os.path.join(run_dir, "jobs", f"{name}_{job['pool_key']}_seed{job['seed']}.json")
+
+
+def _save_result(run_dir, job, res) -> None:
+    keep = {k: v for k, v in res.items() if k not in ("pool", "loop", "round0")}
+    path = _result_path(run_dir, job)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as fh:
+        json.dump(keep, fh)
+    os.replace(path + ".tmp", path)
+
+
+def _load_result(run_dir, job):
+    path = _result_path(run_dir, job)
+    if not os.path.exists(path):
+        return None
+    with open(path) as fh:
+        return {**job, **json.load(fh)}
+
+
 def _job(job: dict) -> dict:
     import torch
 
@@ -73,6 +100,23 @@ def _job(job: dict) -> dict:
 
 
 def _map(jobs, init_args, workers, on_done):
+    run_dir = init_args[2]
+    pending = []
+    for job in jobs:
+        res = _load_result(run_dir, job)
+        if res is None:
+            pending.append(job)
+        else:
+            on_done(res, resumed=True)
+    jobs = pending
+    if not jobs:
+        return
+    _done = on_done
+
+    def on_done(res):  # noqa: F811 - persist first, then report
+        _save_result(run_dir, res, res)
+        _done(res, resumed=False)
+
     if workers <= 1:
         _init(*init_args)
         for job in jobs:
@@ -100,9 +144,9 @@ def run_all(runs, *, strategy_args, cache_dir, recipe, run_dir, kernels, workers
     init_args = (cache_dir, recipe, run_dir, tuple(kernels), threads, domain)
     round0 = {}
 
-    def done0(res):
+    def done0(res, resumed):
         round0[(res["pool_key"], res["seed"])] = res
-        log(f"  round 0  pool={res['pool_key']:<14} seed={res['seed']}  "
+        log(f"  {'(done) ' if resumed else ''}round 0  pool={res['pool_key']:<14} seed={res['seed']}  "
             f"force MAE {res['errors']['force_mae']:.4f} eV/A  ({res['finetune_seconds']:.0f} s fine-tune)")
 
     jobs0 = [{"kind": "round0", "pool_key": key, "pool": pool, "seed": seed, "loop": cfg}
@@ -111,12 +155,13 @@ def run_all(runs, *, strategy_args, cache_dir, recipe, run_dir, kernels, workers
 
     results = {}
 
-    def done(res):
+    def done(res, resumed):
         results[(res["pool_key"], res["seed"], res["label"])] = res
         rec = res["record"]
-        log(f"  {res['label']:<17} pool={res['pool_key']:<14} seed={res['seed']}  "
+        log(f"  {'(done) ' if resumed else ''}{res['label']:<17} pool={res['pool_key']:<14} seed={res['seed']}  "
             f"force MAE {rec['force_mae'][0]:.4f} -> {rec['force_mae'][-1]:.4f} eV/A  "
-            f"acq {sum(rec['acq_seconds']):.1f} s  wall {res['wall_seconds']:.0f} s")
+            f"acq {sum(rec['acq_seconds']):.1f} s  wall {res['wall_seconds']:.0f} s  "
+            f"[{len(results)}/{len(jobs)}]")
 
     jobs = [{"kind": "strategy", "pool_key": key, "pool": pool, "seed": seed, "label": label,
              "strategy": name, "loop": cfg, "strategy_args": {**strategy_args, **override},

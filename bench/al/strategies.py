@@ -98,10 +98,13 @@ class KernelStrategy:
     normalize : bool
         Scale every structure's block to unit mean squared row norm first, so PV measures
         how new a structure's directions are, not how large its gradients are.
+    energy_weight : float
+        Joint kernel only: multiply each structure's energy row (its first row) by this,
+        on top of the weight the features were computed with.
     """
 
     def __init__(self, name, features, feature_seconds, *, method="lcmd", noise_var=1e-2,
-                 shortlist_factor=4, intensive=True, normalize=False):
+                 shortlist_factor=4, intensive=True, normalize=False, energy_weight=1.0):
         self.name = name
         self.features = features
         self.pending_seconds = float(feature_seconds)
@@ -110,13 +113,18 @@ class KernelStrategy:
         self.shortlist_factor = shortlist_factor
         self.intensive = intensive
         self.normalize = normalize
+        self.energy_weight = energy_weight
 
     def _take(self, indices):
-        blocks = self.features.take(indices)
-        if not self.normalize:
-            return blocks
         import ntkal
 
+        blocks = self.features.take(indices)
+        if self.energy_weight != 1.0:
+            rows = blocks.rows.copy()
+            rows[blocks.offsets[:-1]] *= self.energy_weight
+            blocks = ntkal.Blocks(rows, blocks.offsets)
+        if not self.normalize:
+            return blocks
         sq = np.add.reduceat((blocks.rows.astype(np.float64) ** 2).sum(axis=1), blocks.offsets[:-1])
         scale = 1.0 / np.sqrt(np.maximum(sq / blocks.sizes, 1e-30))
         return ntkal.Blocks((blocks.rows * np.repeat(scale, blocks.sizes)[:, None]).astype(np.float32),
@@ -144,7 +152,7 @@ class KernelStrategy:
 
 
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
-         intensive=True, normalize=False):
+         intensive=True, normalize=False, energy_weight=1.0):
     """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds)."""
     if name == "random":
         return RandomStrategy()
@@ -157,5 +165,5 @@ def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlis
         method = "greedy_pv" if name.endswith("_greedy") else "lcmd"
         return KernelStrategy(name, blocks, seconds, method=method, noise_var=noise_var,
                               shortlist_factor=shortlist_factor, intensive=intensive,
-                              normalize=normalize)
+                              normalize=normalize, energy_weight=energy_weight)
     raise ValueError(f"strategies.make: unknown strategy {name!r}; expected one of {STRATEGIES}")
