@@ -78,7 +78,7 @@ def parse_args(argv=None):
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:STRATEGY:KEY=VALUE[,KEY=VALUE]",
                    help="extra kernel-strategy setting in the main study, e.g. "
                         "joint_sl10:joint_ntk:shortlist_factor=10 (keys: noise_var, shortlist_factor, "
-                        "intensive, normalize, energy_weight)")
+                        "intensive, normalize, energy_weight, stratify)")
     p.add_argument("--shift-group", default="temperature=300", help="KEY=VALUE of frame.info to bias towards")
     p.add_argument("--shift-alphas", nargs="+", help="group shares of the biased pool ('natural' = unbiased)")
     p.add_argument("--shift-seeds", type=int, nargs="+")
@@ -101,6 +101,9 @@ def parse_args(argv=None):
     return args
 
 
+VARIANT_KEYS = ("noise_var", "shortlist_factor", "intensive", "normalize", "energy_weight", "stratify")
+
+
 def parse_variant(text: str):
     """'label:strategy:k=v,k=v' -> (label, strategy, {k: v}) with numbers and booleans parsed."""
     label, strategy, *rest = text.split(":")
@@ -109,7 +112,7 @@ def parse_variant(text: str):
     overrides = {}
     for item in filter(None, (rest[0] if rest else "").split(",")):
         key, value = item.split("=", 1)
-        if key not in ("noise_var", "shortlist_factor", "intensive", "normalize", "energy_weight"):
+        if key not in VARIANT_KEYS:
             raise SystemExit(f"--variant {text!r}: unknown key {key!r}")
         overrides[key] = (value.lower() == "true") if value.lower() in ("true", "false") else (
             int(value) if key == "shortlist_factor" else float(value))
@@ -134,19 +137,23 @@ def replot(path: str, cache: str) -> None:
     print_summary(payload)
 
 
-# arguments that do not change any number of the study (a resumed run may change them)
-NOT_IDENTITY = ("out", "work_dir", "keep_work", "plot_only", "workers", "cache")
+# arguments that change no finished job's numbers (a resumed run may change them): output
+# places, worker count, and the strategy lists, which only add or drop jobs (every job
+# checks its own strategy arguments when it is resumed)
+NOT_IDENTITY = ("out", "work_dir", "keep_work", "plot_only", "workers", "cache",
+                "strategies", "variant", "variants", "shift_strategies")
 
 
 def open_work_dir(args) -> str:
     """The run directory: created, or reused when it holds a run with the same settings."""
     run_dir = args.work_dir or os.path.splitext(os.path.abspath(args.out))[0] + "_work"
-    identity = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in NOT_IDENTITY},
-                          sort_keys=True, default=str)
+    identity = json.loads(json.dumps({k: v for k, v in vars(args).items() if k not in NOT_IDENTITY},
+                                     sort_keys=True, default=str))
     stamp = os.path.join(run_dir, "settings.json")
     if os.path.exists(stamp):
         with open(stamp) as fh:
-            if fh.read() != identity:
+            saved = {k: v for k, v in json.load(fh).items() if k not in NOT_IDENTITY}
+            if saved != identity:
                 raise SystemExit(f"--work-dir {run_dir!r} holds an interrupted run with other settings; "
                                  "delete it or pass another --work-dir")
         done = len(os.listdir(os.path.join(run_dir, "jobs"))) if os.path.isdir(os.path.join(run_dir, "jobs")) else 0
@@ -154,7 +161,7 @@ def open_work_dir(args) -> str:
         return run_dir
     os.makedirs(run_dir, exist_ok=True)
     with open(stamp + ".tmp", "w") as fh:
-        fh.write(identity)
+        json.dump(identity, fh, sort_keys=True)
     os.replace(stamp + ".tmp", stamp)
     return run_dir
 

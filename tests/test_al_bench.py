@@ -133,7 +133,7 @@ def test_runner_keeps_finished_jobs_and_skips_them_on_resume(tmp_path):
     from al import runner
 
     jobs = [{"kind": "strategy", "pool_key": "main", "pool": np.arange(4), "seed": s, "label": "random",
-             "strategy": "random", "loop": None, "round0": {}} for s in (0, 1)]
+             "strategy": "random", "strategy_args": {}, "loop": None, "round0": {}} for s in (0, 1)]
     for job in jobs:
         runner._save_result(str(tmp_path), job, {**job, "record": {"force_mae": [0.2, 0.1 + job["seed"]]}})
     seen = []
@@ -152,5 +152,52 @@ def test_work_dir_resumes_only_the_same_settings(tmp_path, capsys):
     assert run_dir == str(tmp_path / "r_work")
     assert al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--workers", "1"])) == run_dir
     assert "resuming" in capsys.readouterr().out
+    # another strategy list only adds or drops jobs: same directory
+    assert al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--strategies", "random"])) == run_dir
     with pytest.raises(SystemExit, match="other settings"):
         al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--rounds", "5"]))
+
+
+def test_composition_strata_split_the_batch_by_element_set():
+    import types
+
+    import torch
+
+    numbers = [[1, 6, 8]] * 6 + [[29]] * 3 + [[29, 79]] * 1  # 6 CHO, 3 Cu, 1 CuAu candidates
+    graphs = [types.SimpleNamespace(atomic_number=torch.as_tensor(z)) for z in numbers]
+    strata = strategies.composition_strata(np.arange(10), graphs, 5)
+    assert [(m.tolist(), q) for m, q in strata] == [([0, 1, 2, 3, 4, 5], 3), ([6, 7, 8], 2), ([9], 0)]
+    # a quota never exceeds its stratum
+    strata = strategies.composition_strata(np.arange(10), graphs, 10)
+    assert [q for _, q in strata] == [6, 3, 1]
+
+
+def test_kernel_strategy_stratified_picks_from_every_stratum():
+    import types
+
+    import ntkal
+    import torch
+
+    from al.features import PoolFeatures
+
+    rng = np.random.default_rng(1)
+    # stratum A (8 structures) has large, novel features; B (4) small ones: unstratified PV takes only A
+    blocks = ntkal.Blocks.from_list([10 * rng.standard_normal((2, 16)).astype(np.float32) for _ in range(8)]
+                                    + [0.1 * rng.standard_normal((2, 16)).astype(np.float32) for _ in range(4)])
+    graphs = [types.SimpleNamespace(atomic_number=torch.as_tensor([1, 6] if i < 8 else [29])) for i in range(12)]
+    feats = (PoolFeatures(blocks, np.arange(12), 12), 0.0)
+    state = strategies.RoundState(0, 0, np.arange(1, 12), np.array([0]), None, graphs, None, None)
+    plain = strategies.make("joint_ntk", feats, intensive=False).select(state, 3)
+    strat = strategies.make("joint_ntk", feats, intensive=False, stratify=True).select(state, 3)
+    assert (plain < 8).all()
+    assert sorted(strat.tolist())[-1] >= 8 and len(set(strat.tolist())) == 3
+
+
+def test_resume_reruns_a_label_whose_arguments_changed(tmp_path):
+    from al import runner
+
+    job = {"kind": "strategy", "pool_key": "main", "seed": 0, "label": "j", "strategy": "joint_ntk",
+           "strategy_args": {"noise_var": 0.01}}
+    runner._save_result(str(tmp_path), job, {**job, "record": {}})
+    assert runner._load_result(str(tmp_path), job) is not None
+    assert runner._load_result(str(tmp_path), {**job, "strategy_args": {"noise_var": 1.0}}) is None

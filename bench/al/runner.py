@@ -70,7 +70,11 @@ def _load_result(run_dir, job):
     if not os.path.exists(path):
         return None
     with open(path) as fh:
-        return {**job, **json.load(fh)}
+        saved = json.load(fh)
+    if job["kind"] == "strategy" and (saved.get("strategy") != job["strategy"]
+                                      or saved.get("strategy_args") != job["strategy_args"]):
+        return None  # same label, other settings: run it again
+    return {**job, **saved}
 
 
 def _job(job: dict) -> dict:

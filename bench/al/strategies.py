@@ -101,10 +101,16 @@ class KernelStrategy:
     energy_weight : float
         Joint kernel only: multiply each structure's energy row (its first row) by this,
         on top of the weight the features were computed with.
+    stratify : bool
+        Split the batch over composition strata (the set of elements of a structure, known
+        before labelling) in proportion to their share of the candidates, and select within
+        each stratum against the whole training set. Measured reason: unstratified, every NTK
+        variant spent 98-100 % of its labels on molecules (62 % of the pool).
     """
 
     def __init__(self, name, features, feature_seconds, *, method="lcmd", noise_var=1e-2,
-                 shortlist_factor=4, intensive=True, normalize=False, energy_weight=1.0):
+                 shortlist_factor=4, intensive=True, normalize=False, energy_weight=1.0,
+                 stratify=False):
         self.name = name
         self.features = features
         self.pending_seconds = float(feature_seconds)
@@ -114,6 +120,7 @@ class KernelStrategy:
         self.intensive = intensive
         self.normalize = normalize
         self.energy_weight = energy_weight
+        self.stratify = stratify
 
     def _take(self, indices):
         import ntkal
@@ -134,16 +141,24 @@ class KernelStrategy:
         import ntkal
 
         train = self._take(state.labelled)
-        cand = self._take(state.candidates)
         post = ntkal.Posterior(train.dim, noise_var=self.noise_var, scale=True).add(train)
+        if not self.stratify:
+            return self._pick(state.candidates, train, post, n, state.seed)
+        return np.concatenate([self._pick(members, train, post.copy(), quota, state.seed)
+                               for members, quota in composition_strata(state.candidates, state.graphs, n)
+                               if quota > 0])
+
+    def _pick(self, candidates, train, post, n, seed):
+        import ntkal
+
+        cand = self._take(candidates)
         if self.method == "greedy_pv":
             picked, _ = ntkal.select(cand, None, n, method="greedy_pv", posterior=post)
-            return state.candidates[picked]
-        k = min(len(state.candidates), max(n, self.shortlist_factor * n))
+            return candidates[picked]
+        k = min(len(candidates), max(n, self.shortlist_factor * n))
         short, _ = ntkal.shortlist(cand, None, post, k, intensive=self.intensive)
-        picked, _ = ntkal.select(cand.take(short), None, n, method="lcmd", train_rows=train,
-                                 seed=state.seed)
-        return state.candidates[short[picked]]
+        picked, _ = ntkal.select(cand.take(short), None, n, method="lcmd", train_rows=train, seed=seed)
+        return candidates[short[picked]]
 
     def charge_once(self) -> float:
         """Featurisation seconds not yet charged (returned once, then 0)."""
@@ -151,8 +166,26 @@ class KernelStrategy:
         return seconds
 
 
+def composition_strata(candidates, graphs, n: int):
+    """[(candidate indices, quota)] per element set; quotas sum to ``n`` (largest remainder)."""
+    keys = [tuple(np.unique(graphs[i].atomic_number.numpy()).tolist()) for i in candidates]
+    groups = {}
+    for i, key in zip(candidates, keys):
+        groups.setdefault(key, []).append(i)
+    order = sorted(groups)  # deterministic
+    share = np.array([n * len(groups[k]) / len(candidates) for k in order])
+    quota = np.minimum(np.floor(share).astype(int), [len(groups[k]) for k in order])
+    # the remaining picks go to the largest fractional parts (ties: the larger stratum, then key order)
+    for j in sorted(range(len(order)), key=lambda j: (-(share[j] - quota[j]), -len(groups[order[j]]), j)):
+        if quota.sum() == n:
+            break
+        if quota[j] < len(groups[order[j]]):
+            quota[j] += 1
+    return [(np.array(groups[k]), int(q)) for k, q in zip(order, quota)]
+
+
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
-         intensive=True, normalize=False, energy_weight=1.0):
+         intensive=True, normalize=False, energy_weight=1.0, stratify=False):
     """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds)."""
     if name == "random":
         return RandomStrategy()
@@ -165,5 +198,5 @@ def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlis
         method = "greedy_pv" if name.endswith("_greedy") else "lcmd"
         return KernelStrategy(name, blocks, seconds, method=method, noise_var=noise_var,
                               shortlist_factor=shortlist_factor, intensive=intensive,
-                              normalize=normalize, energy_weight=energy_weight)
+                              normalize=normalize, energy_weight=energy_weight, stratify=stratify)
     raise ValueError(f"strategies.make: unknown strategy {name!r}; expected one of {STRATEGIES}")
