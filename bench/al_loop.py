@@ -89,7 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--work-dir", help="where finished jobs are kept; a rerun with the same settings "
                                         "resumes from it (default: next to --out)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory after success")
-    p.add_argument("--plot-only", metavar="JSON", help="redraw the PNGs of an existing result file and exit")
+    p.add_argument("--plot-only", metavar="JSON", help="redraw the PNGs of an existing result file, print "
+                                                       "its summary and Markdown tables, and exit")
     p.add_argument("--workers", type=int, default=2, help="worker processes (1 torch thread each)")
     args = p.parse_args(argv)
     preset = PRESETS["quick" if args.quick else "full"]
@@ -186,6 +187,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.plot_only:
         replot(args.plot_only, args.cache)
+        with open(args.plot_only) as fh:
+            print("\n" + report.markdown(json.load(fh)))
         return 0
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription

@@ -190,9 +190,10 @@ def main():
           "warm-up included; the naive column excludes the one-time dense sketch above)")
     del S
 
-    print("\nsketch accuracy: row kernel Phi Phi^T vs exact J J^T over all rows of 2 Si 8 cells + 2 molecules")
+    print("\nsketch accuracy: row kernel Phi Phi^T vs exact J J^T over all rows of 2 Si 8 cells + 2 molecules"
+          " (k-row features: against the exact kernel of the same k force combinations)")
     allst = [cells[0], mols[0], cells[1], mols[1]]
-    for name in ("energy", "joint exact"):
+    for name in feats:
         f = feats[name]
         J = np.concatenate([f.jacobian(a) for a in allst]).astype(np.float64)
         Phi = f(allst).rows.astype(np.float64)

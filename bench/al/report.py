@@ -102,7 +102,7 @@ def plot_curves(path: str, strategies: dict, title: str) -> None:
         for name, s in strategies.items():
             color, marker = STYLE.get(name, (None, "."))
             ax.errorbar(s["n_labels"], s[key], yerr=s[f"{key}_std"], label=name, color=color,
-                        marker=marker, ms=5, capsize=2, lw=1.2)
+                        marker=marker, ms=5, capsize=2, lw=1.2, ls="-" if name in STYLE else "--")
         ax.set_xlabel("labels")
         ax.set_ylabel(label)
         ax.set_yscale("log")
@@ -137,3 +137,47 @@ def plot_pool_shift(path: str, shift: dict, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def markdown(payload: dict) -> str:
+    """The study's tables as Markdown (mean ± std over seeds), for bench/RESULTS.md."""
+    strategies, summary = payload["strategies"], payload["summary"]
+    rnd = strategies.get("random")
+    out = []
+    pm = lambda s, key, i=-1: f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"  # noqa: E731
+    out.append("| strategy | force MAE id | molecules | metals | force MAE shifted | energy MAE id "
+               "| labels to random's final | acq s | acq / committee |")
+    out.append("|---|---|---|---|---|---|---|---|---|")
+    for name, s in strategies.items():
+        row = summary[name]
+        frac = row.get("label_fraction_vs_random")
+        reach = "never" if frac is None else f"{row['labels_to_random_final_force_mae']:.0f} ({frac:.0%})"
+        com = row.get("acq_cost_ratio_vs_committee")
+        out.append(f"| {name} | {pm(s, 'force_mae')} | {pm(s, 'force_mae_molecule')} | {pm(s, 'force_mae_metal')} "
+                   f"| {pm(s, 'shift_force_mae')} | {pm(s, 'energy_mae')} | {reach} "
+                   f"| {row['acq_seconds_total']:.0f} | {'-' if com is None else f'{com:.3f}'} |")
+    n = rnd["n_labels"] if rnd else next(iter(strategies.values()))["n_labels"]
+    out.append("")
+    out.append("| force MAE id (eV/Å) | " + " | ".join(str(x) for x in n) + " |")
+    out.append("|---|" + "---|" * len(n))
+    for name, s in strategies.items():
+        out.append(f"| {name} | " + " | ".join(f"{m:.4f} ± {d:.4f}" for m, d in zip(s["force_mae"], s["force_mae_std"]))
+                   + " |")
+    if "selection_mix" in payload:
+        temps = sorted({t for r in payload["selection_mix"].values() for t in r["temperature"]}, key=int)
+        out.append("")
+        out.append("| acquired structures | molecules | " + " | ".join(f"{t} K" for t in temps) + " |")
+        out.append("|---|---|" + "---|" * len(temps))
+        for name, r in payload["selection_mix"].items():
+            out.append(f"| {name} | {r['domain'].get('molecule', 0.0):.2f} | "
+                       + " | ".join(f"{r['temperature'].get(t, 0.0):.2f}" for t in temps) + " |")
+    if "pool_shift" in payload:
+        sh = payload["pool_shift"]
+        out.append("")
+        out.append(f"| pool share of {sh['group']} | strategy | force MAE id | force MAE shifted | labels |")
+        out.append("|---|---|---|---|---|")
+        for key, share in zip(sh["alpha_keys"], sh["alphas"]):
+            for name, r in sh["results"][key].items():
+                out.append(f"| {share:.2f} | {name} | {r['force_mae_mean']:.4f} ± {r['force_mae_std']:.4f} "
+                           f"| {r['shift_force_mae_mean']:.4f} ± {r['shift_force_mae_std']:.4f} | {r['n_labels']} |")
+    return "\n".join(out)
