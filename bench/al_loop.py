@@ -186,6 +186,8 @@ def featurise(args, kernels, frames, master, run_dir) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.plot_only:
+        if not os.path.isfile(args.plot_only):
+            raise SystemExit(f"--plot-only: no result file {args.plot_only!r}")
         replot(args.plot_only, args.cache)
         with open(args.plot_only) as fh:
             print("\n" + report.markdown(json.load(fh)))

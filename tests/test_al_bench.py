@@ -201,3 +201,8 @@ def test_resume_reruns_a_label_whose_arguments_changed(tmp_path):
     runner._save_result(str(tmp_path), job, {**job, "record": {}})
     assert runner._load_result(str(tmp_path), job) is not None
     assert runner._load_result(str(tmp_path), {**job, "strategy_args": {"noise_var": 1.0}}) is None
+
+
+def test_energy_weight_is_refused_for_kernels_without_an_energy_row():
+    with pytest.raises(ValueError, match="energy_weight"):
+        strategies.make("force_ntk", (None, 0.0), energy_weight=2.0)

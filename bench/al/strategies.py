@@ -194,6 +194,8 @@ def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlis
     if name == "committee":
         return CommitteeStrategy(committee_size)
     if name in KERNEL_OF:
+        if energy_weight != 1.0 and KERNEL_OF[name] != "joint":
+            raise ValueError(f"strategies.make: energy_weight applies to joint-kernel strategies, not {name!r}")
         blocks, seconds = features
         method = "greedy_pv" if name.endswith("_greedy") else "lcmd"
         return KernelStrategy(name, blocks, seconds, method=method, noise_var=noise_var,
