@@ -120,14 +120,10 @@ def parse_variant(text: str):
     return label, strategy, overrides
 
 
-def replot(path: str, cache: str) -> None:
+def replot(path: str) -> dict:
+    """Redraw the PNGs of a result file and print its summary; returns the payload."""
     with open(path) as fh:
         payload = json.load(fh)
-    if "selection_mix" not in payload:  # result files written before it existed
-        recipe = DataRecipe(**{k: tuple(v) if isinstance(v, list) else v
-                               for k, v in payload["config"]["data_recipe"].items()})
-        payload["selection_mix"] = selection_mix(payload["strategies"], load_dataset(cache, recipe).pool)
-        report.write_json(path, payload)
     stem, cfg = os.path.splitext(path)[0], payload["config"]
     title = (f"CHGNet fine-tuning, {'quick' if cfg['quick'] else 'full'} run, "
              f"{cfg.get('domain', 'all')} structures, seeds {cfg['seeds']}")
@@ -136,6 +132,7 @@ def replot(path: str, cache: str) -> None:
         report.plot_pool_shift(stem + "_pool_shift.png", payload["pool_shift"],
                                f"pool biased towards {payload['pool_shift']['group']}")
     print_summary(payload)
+    return payload
 
 
 # arguments that change no finished job's numbers (a resumed run may change them): output
@@ -188,9 +185,7 @@ def main(argv=None) -> int:
     if args.plot_only:
         if not os.path.isfile(args.plot_only):
             raise SystemExit(f"--plot-only: no result file {args.plot_only!r}")
-        replot(args.plot_only, args.cache)
-        with open(args.plot_only) as fh:
-            print("\n" + report.markdown(json.load(fh)))
+        print("\n" + report.markdown(replot(args.plot_only)))
         return 0
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
@@ -284,7 +279,7 @@ def main(argv=None) -> int:
     os.makedirs(os.path.dirname(out), exist_ok=True)
     report.write_json(out, payload)
     stem = os.path.splitext(out)[0]
-    replot(out, args.cache)
+    replot(out)
     if not args.keep_work:
         shutil.rmtree(run_dir, ignore_errors=True)
     print(f"wrote {out} and {stem}_curves.png; total {payload['config']['wall_seconds']:.0f} s")

@@ -135,7 +135,7 @@ def test_runner_keeps_finished_jobs_and_skips_them_on_resume(tmp_path):
     jobs = [{"kind": "strategy", "pool_key": "main", "pool": np.arange(4), "seed": s, "label": "random",
              "strategy": "random", "strategy_args": {}, "loop": None, "round0": {}} for s in (0, 1)]
     for job in jobs:
-        runner._save_result(str(tmp_path), job, {**job, "record": {"force_mae": [0.2, 0.1 + job["seed"]]}})
+        runner._save_result(str(tmp_path), {**job, "record": {"force_mae": [0.2, 0.1 + job["seed"]]}})
     seen = []
     # every job is on disk: no worker may start (init_args would fail: no dataset there)
     runner._map(jobs, (None, None, str(tmp_path), (), 1, "all"), 2,
@@ -198,7 +198,7 @@ def test_resume_reruns_a_label_whose_arguments_changed(tmp_path):
 
     job = {"kind": "strategy", "pool_key": "main", "seed": 0, "label": "j", "strategy": "joint_ntk",
            "strategy_args": {"noise_var": 0.01}}
-    runner._save_result(str(tmp_path), job, {**job, "record": {}})
+    runner._save_result(str(tmp_path), {**job, "record": {}})
     assert runner._load_result(str(tmp_path), job) is not None
     assert runner._load_result(str(tmp_path), {**job, "strategy_args": {"noise_var": 1.0}}) is None
 

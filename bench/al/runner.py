@@ -56,9 +56,9 @@ def _result_path(run_dir, job) -> str:
     return os.path.join(run_dir, "jobs", f"{name}_{job['pool_key']}_seed{job['seed']}.json")
 
 
-def _save_result(run_dir, job, res) -> None:
+def _save_result(run_dir, res) -> None:
     keep = {k: v for k, v in res.items() if k not in ("pool", "loop", "round0")}
-    path = _result_path(run_dir, job)
+    path = _result_path(run_dir, res)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as fh:
         json.dump(keep, fh)
@@ -118,7 +118,7 @@ def _map(jobs, init_args, workers, on_done):
     _done = on_done
 
     def on_done(res):  # noqa: F811 - persist first, then report
-        _save_result(run_dir, res, res)
+        _save_result(run_dir, res)
         _done(res, resumed=False)
 
     if workers <= 1:
