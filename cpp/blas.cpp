@@ -17,16 +17,11 @@ extern "C" {
 enum { kRowMajor = 101 };
 enum { kNoTrans = 111, kTrans = 112 };
 enum { kUpper = 121, kLower = 122 };
-enum { kNonUnit = 131 };
-enum { kRight = 142 };
 void NTKAL_SYM(cblas_sgemm)(int, int, int, int, int, int, float, const float*, int, const float*, int, float,
                             float*, int);
 void NTKAL_SYM(cblas_dgemm)(int, int, int, int, int, int, double, const double*, int, const double*, int, double,
                             double*, int);
 void NTKAL_SYM(cblas_dsyrk)(int, int, int, int, int, double, const double*, int, double, double*, int);
-void NTKAL_SYM(cblas_dtrsm)(int, int, int, int, int, int, int, double, const double*, int, double*, int);
-void NTKAL_SYM(dpotrf_)(const char*, const int*, double*, const int*, int*, std::size_t);
-void NTKAL_SYM(dtrtri_)(const char*, const char*, const int*, double*, const int*, int*, std::size_t, std::size_t);
 void NTKAL_SYM(dsyev_)(const char*, const char*, const int*, double*, const int*, double*, double*, const int*, int*,
                        std::size_t, std::size_t);
 #if defined(NTKAL_BLAS_SCIPY_OPENBLAS)
@@ -61,24 +56,6 @@ void syrk_lower_xtx(int64_t n, int64_t k, double alpha, const double* x, int64_t
                     int64_t ldc) {
   if (n == 0 || k == 0) return;
   NTKAL_SYM(cblas_dsyrk)(kRowMajor, kLower, kTrans, i32(n), i32(k), alpha, x, i32(ldx), beta, c, i32(ldc));
-}
-
-// Row-major lower == column-major upper, so LAPACK is called with 'U'.
-int potrf_lower(int64_t n, double* a, int64_t lda) {
-  int nn = i32(n), ld = i32(lda), info = 0;
-  NTKAL_SYM(dpotrf_)("U", &nn, a, &ld, &info, 1);
-  return info;
-}
-
-int trtri_lower(int64_t n, double* a, int64_t lda) {
-  int nn = i32(n), ld = i32(lda), info = 0;
-  NTKAL_SYM(dtrtri_)("U", "N", &nn, a, &ld, &info, 1, 1);
-  return info;
-}
-
-void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb) {
-  if (m == 0 || n == 0) return;
-  NTKAL_SYM(cblas_dtrsm)(kRowMajor, kRight, kLower, kTrans, kNonUnit, i32(m), i32(n), 1.0, l, i32(ldl), b, i32(ldb));
 }
 
 // Row-major lower == column-major upper; column-major eigenvectors read row-major are rows.

@@ -1,4 +1,7 @@
 // Thin typed wrappers over BLAS/LAPACK. blas.cpp is the only file that names BLAS symbols.
+// Only the nearest-centre shortlists use them (their winners are decided on exact float64
+// distances, so BLAS rounding never changes a result); every other product goes through the
+// fixed-order kernels of fixed_order.hpp.
 // All matrices are row-major; 32-bit BLAS integers, so callers chunk to keep dims < 2^31.
 #pragma once
 #include <cstdint>
@@ -13,12 +16,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, double al
 // Lower triangle of C (n x n) = alpha * X^T X + beta * C, X is k x n.
 void syrk_lower_xtx(int64_t n, int64_t k, double alpha, const double* x, int64_t ldx, double beta, double* c,
                     int64_t ldc);
-// In-place Cholesky of the lower triangle: A = L L^T. Returns LAPACK info (0 on success).
-int potrf_lower(int64_t n, double* a, int64_t lda);
-// In-place inverse of a lower-triangular matrix. Returns LAPACK info.
-int trtri_lower(int64_t n, double* a, int64_t lda);
-// B (m x n) <- B * inv(L)^T, L lower (n x n): solves rows x L^T = b.
-void trsm_right_lower_trans(int64_t m, int64_t n, const double* l, int64_t ldl, double* b, int64_t ldb);
 // Eigen-decomposition of a symmetric matrix (lower triangle read): ascending eigenvalues into w,
 // eigenvectors into the rows of a (row i pairs with w[i]). Returns LAPACK info.
 int syev(int64_t n, double* a, int64_t lda, double* w);

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-#include "blas.hpp"
+#include "fixed_order.hpp"
 #include "select.hpp"
 #include "sketch.hpp"
 
@@ -30,8 +30,8 @@ void gram_sketch(const BlocksView& blocks, int64_t out_dim, uint64_t seed, float
   for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
     const int64_t n = std::min(chunk, n_rows - r0);
     const float* src = blocks.rows.data + r0 * d;
-    blas::gemm(false, false, n, e, d, 1.0f, src, d, u.data(), e, 0.0f, p.data(), e);
-    blas::gemm(false, false, n, e, d, 1.0f, src, d, v.data(), e, 0.0f, q.data(), e);
+    fixed::gemm(false, false, n, e, d, src, d, u.data(), e, fixed::Update::Overwrite, p.data(), e);
+    fixed::gemm(false, false, n, e, d, src, d, v.data(), e, fixed::Update::Overwrite, q.data(), e);
     for (int64_t i = 0; i < n; ++i) {
       while (blocks.end(block) <= r0 + i) ++block;
       double* z = acc.data() + block * e;

@@ -10,7 +10,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "blas.hpp"
+#include "fixed_order.hpp"
 #include "select.hpp"
 #include "topk.hpp"
 
@@ -101,7 +101,7 @@ Selection select_greedy_pv(const Posterior& post, const BlocksView& cand, int64_
     if (dt <= 0 || m == 0) return 0.0;
     const auto& psi = whitened(b);
     proj.resize(static_cast<size_t>(m * dt));
-    blas::gemm(false, true, m, dt, d, 1.0, psi.data(), d, vrows.data() + t0 * d, d, 0.0, proj.data(), dt);
+    fixed::gemm(false, true, m, dt, d, psi.data(), d, vrows.data() + t0 * d, d, fixed::Update::Overwrite, proj.data(), dt);
     double s = 0.0;
     for (double v : proj) s += v * v;
     return s;
@@ -143,23 +143,21 @@ Selection select_greedy_pv(const Posterior& post, const BlocksView& cand, int64_
     std::vector<double> cpsi(psi);
     if (t > 0) {
       std::vector<double> coef(static_cast<size_t>(m * t));
-      blas::gemm(false, true, m, t, d, 1.0, psi.data(), d, vrows.data(), d, 0.0, coef.data(), t);
-      blas::gemm(false, false, m, d, t, -1.0, coef.data(), t, vrows.data(), d, 1.0, cpsi.data(), d);
+      fixed::gemm(false, true, m, t, d, psi.data(), d, vrows.data(), d, fixed::Update::Overwrite, coef.data(), t);
+      fixed::gemm(false, false, m, d, t, coef.data(), t, vrows.data(), d, fixed::Update::Subtract, cpsi.data(), d);
     }
     // R R^T = I + Psi_B^T C Psi_B  (m x m)
     std::vector<double> r(static_cast<size_t>(m * m));
-    blas::gemm(false, true, m, m, d, 1.0, psi.data(), d, cpsi.data(), d, 0.0, r.data(), m);
+    fixed::gemm(false, true, m, m, d, psi.data(), d, cpsi.data(), d, fixed::Update::Overwrite, r.data(), m);
     for (int64_t i = 0; i < m; ++i) r[i * m + i] += 1.0;
-    if (blas::potrf_lower(m, r.data(), m) != 0)
+    if (fixed::cholesky_lower(m, r.data(), m) != 0)
       throw NumericalError("select(greedy_pv): block update lost positive definiteness");
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = i + 1; j < m; ++j) r[i * m + j] = 0.0;
     // V_B^T = R^{-1} (C Psi_B)^T: in row form, rows of cpsi solved against R
     // (cpsi^T R^{-T})^T = R^{-1} cpsi, computed as trsm on the transposed layout.
     std::vector<double> vb(static_cast<size_t>(d * m));  // d x m = cpsi^T
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < d; ++j) vb[j * m + i] = cpsi[i * d + j];
-    blas::trsm_right_lower_trans(d, m, r.data(), m, vb.data(), m);  // vb <- vb R^{-T}
+    fixed::solve_lower_rows(d, m, r.data(), m, vb.data(), m);  // vb <- vb R^{-T}
     vrows.resize(static_cast<size_t>((t + m) * d));
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < d; ++j) vrows[(t + i) * d + j] = vb[j * m + i];

@@ -4,7 +4,7 @@
 #include <cmath>
 #include <string>
 
-#include "blas.hpp"
+#include "fixed_order.hpp"
 
 namespace ntkal {
 
@@ -33,7 +33,7 @@ void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
     const float* src = rows + r0 * dim_;
 #pragma omp parallel for schedule(static) if (n * dim_ > 65536)
     for (int64_t i = 0; i < n * dim_; ++i) buf[i] = src[i];
-    blas::syrk_lower_xtx(dim_, n, 1.0, buf.data(), dim_, 1.0, gram_.data(), dim_);
+    fixed::syrk_lower_add(dim_, n, buf.data(), dim_, gram_.data(), dim_);
   }
   std::lock_guard<std::mutex> lock(mutex_);
   n_rows_ += n_rows;
@@ -57,20 +57,21 @@ void Posterior::factor_locked() const {
       for (int64_t j = 0; j <= i; ++j) chol_[i * d + j] = c_ * gram_[i * d + j];
       chol_[i * d + i] += noise_var_ + jitter_;
     }
-    if (blas::potrf_lower(d, chol_.data(), d) == 0) break;
+    if (fixed::cholesky_lower(d, chol_.data(), d) == 0) break;
     if (attempt == 6)
       throw NumericalError("Posterior: Cholesky of A = noise_var*I + sum Phi^T Phi failed even with jitter " +
                            std::to_string(jitter_) + "; increase noise_var (now " + std::to_string(noise_var_) +
                            ") or check the training features");
     jitter_ = mean_diag * 1e-12 * std::pow(100.0, attempt);
   }
-  for (int64_t i = 0; i < d; ++i)
-    for (int64_t j = i + 1; j < d; ++j) chol_[i * d + j] = 0.0;  // LAPACK leaves the other triangle alone
-  std::vector<double> inv(chol_);
-  if (blas::trtri_lower(d, inv.data(), d) != 0) throw NumericalError("Posterior: triangular inverse failed");
+  whiten_op_ = chol_;
+  fixed::inverse_lower(d, whiten_op_.data(), d);
   const double sc = std::sqrt(c_);
   inv_chol32_.resize(static_cast<size_t>(d * d));
-  for (int64_t i = 0; i < d * d; ++i) inv_chol32_[i] = static_cast<float>(sc * inv[i]);
+  for (int64_t i = 0; i < d * d; ++i) {
+    whiten_op_[i] *= sc;
+    inv_chol32_[i] = static_cast<float>(whiten_op_[i]);
+  }
   dirty_ = false;
 }
 
@@ -94,6 +95,11 @@ std::vector<double> Posterior::cholesky() const {
   return chol_;
 }
 
+std::vector<double> Posterior::whitening_operator() const {
+  ensure_factor();
+  return whiten_op_;
+}
+
 std::vector<double> Posterior::gram() const {
   std::lock_guard<std::mutex> lock(mutex_);
   std::vector<double> g(gram_);
@@ -106,7 +112,7 @@ void Posterior::whiten(const float* rows, int64_t n, double* out) const {
   ensure_factor();
   const int64_t d = dim_;
   for (int64_t i = 0; i < n * d; ++i) out[i] = rows[i];
-  blas::trsm_right_lower_trans(n, d, chol_.data(), d, out, d);  // rows <- rows L^{-T}
+  fixed::solve_lower_rows(n, d, chol_.data(), d, out, d);  // rows <- rows L^{-T}
   const double sc = std::sqrt(c_);
   if (sc != 1.0)
     for (int64_t i = 0; i < n * d; ++i) out[i] *= sc;
@@ -132,7 +138,7 @@ void Posterior::variance(const BlocksView& blocks, bool intensive, double* out) 
     const float* src = blocks.rows.data + r0 * d;
     if (precision_ == Precision::Float32) {
       // W = Phi (sqrt(c) L^{-1})^T: the one GEMM that dominates scoring
-      blas::gemm(false, true, n, d, d, 1.0f, src, d, inv_chol32_.data(), d, 0.0f, w32.data(), d);
+      fixed::gemm(false, true, n, d, d, src, d, inv_chol32_.data(), d, fixed::Update::Overwrite, w32.data(), d);
 #pragma omp parallel for schedule(static) if (n * d > 65536)
       for (int64_t i = 0; i < n; ++i) {
         const float* w = w32.data() + i * d;

@@ -33,6 +33,9 @@ class Posterior {
   double feature_scale() const;  // c
   double jitter() const;         // diagonal jitter that the last factorisation needed (0 normally)
   std::vector<double> cholesky() const;  // L, row-major lower (dim x dim)
+  // sqrt(c) L^{-1} (row-major lower, dim x dim): the whitening operator psi = M phi. The float32
+  // scoring path and the CUDA backend both use this one matrix.
+  std::vector<double> whitening_operator() const;
   std::vector<double> gram() const;      // sum Phi^T Phi (lower triangle filled symmetric)
 
   static constexpr int64_t kChunkElems = int64_t(1) << 21;  // floats per scoring chunk (8 MB)
@@ -53,7 +56,8 @@ class Posterior {
   mutable bool dirty_ = true;
   mutable double c_ = 1.0, jitter_ = 0.0;
   mutable std::vector<double> chol_;       // L
-  mutable std::vector<float> inv_chol32_;  // sqrt(c) L^{-1}, float32 (scoring GEMM operand)
+  mutable std::vector<double> whiten_op_;  // sqrt(c) L^{-1}
+  mutable std::vector<float> inv_chol32_;  // the same in float32 (scoring GEMM operand)
 };
 
 }  // namespace ntkal

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "blas.hpp"
+#include "fixed_order.hpp"
 #include "common.hpp"
 #include "philox.hpp"
 
@@ -58,9 +58,9 @@ void Sketch::project_gaussian(const T* j, int64_t m, int64_t p_chunk, int64_t ld
     int64_t n_p = std::min(kGaussianTile, p_chunk - p0);
     gaussian_tile(seed_, col_offset + p0, n_p, dim_, tile.data());
     if constexpr (std::is_same_v<T, double>)
-      blas::gemm(false, false, m, dim_, n_p, 1.0, j + p0, ldj, tile.data(), dim_, 1.0, acc.data(), dim_);
+      fixed::gemm(false, false, m, dim_, n_p, j + p0, ldj, tile.data(), dim_, fixed::Update::Add, acc.data(), dim_);
     else
-      blas::gemm(false, false, m, dim_, n_p, 1.0f, j + p0, ldj, tile.data(), dim_, 1.0f, out, dim_);
+      fixed::gemm(false, false, m, dim_, n_p, j + p0, ldj, tile.data(), dim_, fixed::Update::Add, out, dim_);
   }
   if constexpr (std::is_same_v<T, double>)
     for (int64_t i = 0; i < m * dim_; ++i) out[i] += static_cast<float>(acc[i]);

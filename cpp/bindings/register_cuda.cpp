@@ -16,12 +16,12 @@ void register_cuda(py::module_& m) { m.attr("cuda_compiled") = false; }
 
 #else
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "blas.hpp"
 #include "common.hpp"
 #include "ntkal_cuda.hpp"
 #include "posterior.hpp"
@@ -64,21 +64,16 @@ const int64_t* host_offsets(const py::object& offsets, I64& holder, int64_t n_bl
   return holder.data();
 }
 
-// M = sqrt(c) L^{-1} (float64, lower triangular, row-major): the whitening operator, computed
-// exactly as Posterior::factor_locked does for the CPU float32 scoring path (same L, same trtri).
+// M = sqrt(c) L^{-1} (float64, lower triangular, row-major): the engine's whitening operator.
 py::array_t<double> whitening_operator(const ntkal::Posterior& post) {
   const int64_t d = post.dim();
-  py::array_t<double> out({d, d});
-  double* o = out.mutable_data();
+  std::vector<double> op;
   {
     py::gil_scoped_release release;
-    std::vector<double> l = post.cholesky();
-    const double sc = std::sqrt(post.feature_scale());
-    if (ntkal::blas::trtri_lower(d, l.data(), d) != 0)
-      throw ntkal::NumericalError("Posterior: triangular inverse failed");
-    for (int64_t i = 0; i < d; ++i)
-      for (int64_t j = 0; j < d; ++j) o[i * d + j] = j <= i ? sc * l[i * d + j] : 0.0;
+    op = post.whitening_operator();
   }
+  py::array_t<double> out({d, d});
+  std::copy(op.begin(), op.end(), out.mutable_data());
   return out;
 }
 

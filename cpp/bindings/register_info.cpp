@@ -3,6 +3,7 @@
 #include "arrays.hpp"
 #include "blas.hpp"
 #include "common.hpp"
+#include "fixed_order.hpp"
 
 namespace py = pybind11;
 using namespace ntkal::bind;
@@ -16,6 +17,7 @@ void register_info(py::module_& m) {
   m.attr("blas_provider") = ntkal::blas::provider();
   m.def("set_num_threads", &ntkal::set_num_threads, py::arg("n"));
   m.def("get_num_threads", &ntkal::get_num_threads);
+  m.def("kernel_set", &ntkal::fixed::kernel_set);
   m.def("all_finite_f32", [](const F32& a) {
     const float* p = a.data();
     const int64_t n = a.size();
