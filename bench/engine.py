@@ -26,7 +26,12 @@ import pathlib
 import sys
 import time
 
-import numpy as np
+# The same wait policy for both sides, set before NumPy's OpenBLAS or libgomp start: a BLAS pool that
+# spin-waits after its call (OpenBLAS's default) takes a core from whatever is timed next.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.append(str(pathlib.Path(__file__).resolve().parents[1] / "python"))  # ntkal from the source tree
@@ -216,12 +221,13 @@ def bench_scoring(d: int, n_rows: int, n_train: int, noise_var: float, threads: 
         ntkal.set_num_threads(threads)
         np_full()
         np_chunked64()
+        variants = (("numpy_sgemm_full", np_full), ("numpy_sgemm_chunked", np_chunked),
+                    ("ntkal_f32", lambda: post32.variance(rows)), ("numpy_dgemm_chunked", np_chunked64),
+                    ("ntkal_f64", lambda: post64.variance(rows)))
         for _ in range(repeats):  # interleaved, so slow phases of a shared machine hit every variant
-            times["numpy_sgemm_full"].append(timed(np_full)[0])
-            times["numpy_sgemm_chunked"].append(timed(np_chunked)[0])
-            times["ntkal_f32"].append(timed(post32.variance, rows)[0])
-            times["numpy_dgemm_chunked"].append(timed(np_chunked64)[0])
-            times["ntkal_f64"].append(timed(post64.variance, rows)[0])
+            for name, fn in variants:
+                time.sleep(0.3)  # let the previous variant's thread pool go idle first
+                times[name].append(timed(fn)[0])
     flop = 2.0 * n_rows * d * d
     res = {"d": d, "rows": n_rows, "repeats": repeats, "other_cores": cont.other_cores, "variants": {}}
     for k, ts in times.items():

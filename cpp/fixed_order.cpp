@@ -8,6 +8,7 @@
 
 #include "common.hpp"
 #include "isa/kernel_table.hpp"
+#include "nearest_centre.hpp"
 
 namespace ntkal::fixed {
 
@@ -60,6 +61,11 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const float* a, int
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda, const double* b,
           int64_t ldb, Update update, double* c, int64_t ldc, bool lower_only) {
   kernels().dgemm(ta, tb, m, n, k, a, lda, b, ldb, update, c, ldc, lower_only);
+}
+
+void row_sqnorms(int64_t n, int64_t e, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                 double* norms) {
+  kernels().row_sqnorms(n, e, k, a, lda, b, ldb, &sqnorm, norms);
 }
 
 void syrk_lower_add(int64_t n, int64_t k, const double* x, int64_t ldx, double* g, int64_t ldg) {

@@ -22,6 +22,11 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const flo
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, const double* a, int64_t lda,
           const double* b, int64_t ldb, Update update, double* c, int64_t ldc, bool lower_only = false);
 
+// norms[i] = ||row i of A B^T||^2 (A n x k, B e x k, float32 products, float64 squared norms in the
+// fixed 8-lane order of ntkal::sqnorm) without storing A B^T: the posterior-variance scoring kernel.
+void row_sqnorms(int64_t n, int64_t e, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                 double* norms);
+
 // Lower triangle of G (n x n) += X^T X, X is k x n (rows = observations).
 void syrk_lower_add(int64_t n, int64_t k, const double* x, int64_t ldx, double* g, int64_t ldg);
 

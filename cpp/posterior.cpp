@@ -5,6 +5,7 @@
 #include <string>
 
 #include "fixed_order.hpp"
+#include "nearest_centre.hpp"
 
 namespace ntkal {
 
@@ -125,27 +126,16 @@ void Posterior::variance(const BlocksView& blocks, bool intensive, double* out) 
   if (n_rows == 0) return;
   const int64_t chunk = std::max<int64_t>(1, kChunkElems / d);
   const int64_t buf_rows = std::min(chunk, n_rows);
-  std::vector<float> w32;
   std::vector<double> w64;
-  if (precision_ == Precision::Float32)
-    w32.resize(static_cast<size_t>(buf_rows * d));
-  else
-    w64.resize(static_cast<size_t>(buf_rows * d));
+  if (precision_ == Precision::Float64) w64.resize(static_cast<size_t>(buf_rows * d));
   std::vector<double> norms(static_cast<size_t>(buf_rows));
   int64_t block = 0;  // first block that may own row r0
   for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
     const int64_t n = std::min(chunk, n_rows - r0);
     const float* src = blocks.rows.data + r0 * d;
     if (precision_ == Precision::Float32) {
-      // W = Phi (sqrt(c) L^{-1})^T: the one GEMM that dominates scoring
-      fixed::gemm(false, true, n, d, d, src, d, inv_chol32_.data(), d, fixed::Update::Overwrite, w32.data(), d);
-#pragma omp parallel for schedule(static) if (n * d > 65536)
-      for (int64_t i = 0; i < n; ++i) {
-        const float* w = w32.data() + i * d;
-        double s = 0.0;
-        for (int64_t j = 0; j < d; ++j) s += static_cast<double>(w[j]) * w[j];
-        norms[i] = s;
-      }
+      // ||Phi (sqrt(c) L^{-1})^T||^2 per row: the one GEMM that dominates scoring, fused with the norms
+      fixed::row_sqnorms(n, d, d, src, d, inv_chol32_.data(), d, norms.data());
     } else {
       whiten(src, n, w64.data());
 #pragma omp parallel for schedule(static) if (n * d > 65536)

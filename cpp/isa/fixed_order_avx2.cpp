@@ -11,7 +11,8 @@ namespace {
 struct F32 {
   using T = float;
   using V = __m256;
-  static constexpr int W = 8;
+  static constexpr int W = 8, MR = 6;
+  static constexpr int64_t KC = 256;
   static V load(const T* p) { return _mm256_loadu_ps(p); }
   static void store(T* p, V v) { _mm256_storeu_ps(p, v); }
   static V set1(T x) { return _mm256_set1_ps(x); }
@@ -22,7 +23,8 @@ struct F32 {
 struct F64 {
   using T = double;
   using V = __m256d;
-  static constexpr int W = 4;
+  static constexpr int W = 4, MR = 6;
+  static constexpr int64_t KC = 256;
   static V load(const T* p) { return _mm256_loadu_pd(p); }
   static void store(T* p, V v) { _mm256_storeu_pd(p, v); }
   static V set1(T x) { return _mm256_set1_pd(x); }

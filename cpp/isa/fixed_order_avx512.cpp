@@ -11,7 +11,8 @@ namespace {
 struct F32 {
   using T = float;
   using V = __m512;
-  static constexpr int W = 16;
+  static constexpr int W = 16, MR = 12;
+  static constexpr int64_t KC = 128;
   static V load(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, V v) { _mm512_storeu_ps(p, v); }
   static V set1(T x) { return _mm512_set1_ps(x); }
@@ -22,7 +23,8 @@ struct F32 {
 struct F64 {
   using T = double;
   using V = __m512d;
-  static constexpr int W = 8;
+  static constexpr int W = 8, MR = 12;
+  static constexpr int64_t KC = 128;
   static V load(const T* p) { return _mm512_loadu_pd(p); }
   static void store(T* p, V v) { _mm512_storeu_pd(p, v); }
   static V set1(T x) { return _mm512_set1_pd(x); }

@@ -35,9 +35,10 @@ struct Kernels {
   using T = typename S::T;
   using V = typename S::V;
   static constexpr int W = S::W;
-  static constexpr int MR = 6;      // rows of A per micro-tile
+  static constexpr int MR = S::MR;  // rows of A per micro-tile (2 * MR accumulators)
   static constexpr int NR = 2 * W;  // columns of B per micro-tile
-  static constexpr int64_t KC = 256, MC = 16 * MR, NC = 1024;
+  // KC keeps one packed B panel (KC x NR) plus one A panel (KC x MR) inside L1
+  static constexpr int64_t KC = S::KC, MC = 8 * MR, NC = 1024;
 
   // y[0:len) = fma(alpha, x, y)
   static inline void axpy(int64_t len, T alpha, const T* x, T* y) {
@@ -51,14 +52,14 @@ struct Kernels {
   static inline void micro(int64_t kc, const T* __restrict ap, const T* __restrict bp, T* c, int64_t ldc,
                            bool load) {
     V c0[MR], c1[MR];
-#pragma GCC unroll 6
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       c0[r] = load ? S::load(c + r * ldc) : S::zero();
       c1[r] = load ? S::load(c + r * ldc + W) : S::zero();
     }
     for (int64_t p = 0; p < kc; ++p) {
       const V b0 = S::load(bp), b1 = S::load(bp + W);
-#pragma GCC unroll 6
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const V a = S::set1(ap[r]);
         c0[r] = S::fma(a, b0, c0[r]);
@@ -67,7 +68,7 @@ struct Kernels {
       ap += MR;
       bp += NR;
     }
-#pragma GCC unroll 6
+#pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
       S::store(c + r * ldc, c0[r]);
       S::store(c + r * ldc + W, c1[r]);
@@ -79,11 +80,30 @@ struct Kernels {
                      T* out) {
     for (int64_t q = 0; q * MR < mc; ++q) {
       T* o = out + q * MR * kc;
-      const int64_t rows = lo(MR, mc - q * MR);
-      for (int64_t r = 0; r < MR; ++r) {
-        const int64_t i = i0 + q * MR + r;
+      const int64_t rows = lo(MR, mc - q * MR), ib = i0 + q * MR;
+      if (ta) {
         for (int64_t p = 0; p < kc; ++p)
-          o[p * MR + r] = r < rows ? sign * (ta ? a[(p0 + p) * lda + i] : a[i * lda + p0 + p]) : T(0);
+          for (int64_t r = 0; r < MR; ++r) o[p * MR + r] = r < rows ? sign * a[(p0 + p) * lda + ib + r] : T(0);
+      } else if (rows == MR) {  // contiguous writes, MR sequential read streams
+        for (int64_t p = 0; p < kc; ++p)
+          for (int64_t r = 0; r < MR; ++r) o[p * MR + r] = sign * a[(ib + r) * lda + p0 + p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p)
+          for (int64_t r = 0; r < MR; ++r) o[p * MR + r] = r < rows ? sign * a[(ib + r) * lda + p0 + p] : T(0);
+      }
+    }
+  }
+
+  // rows [i0, i0 + mc) of A (not transposed), every k block at once: the k block at p0 starts at
+  // p0 * MC, as pack_a lays it out. Reads each row once front to back (a contiguous tile streams).
+  static void pack_a_all_k(const T* a, int64_t lda, int64_t i0, int64_t mc, int64_t k, T* out) {
+    for (int64_t r = 0; r < MC; ++r) {
+      const int64_t q = r / MR, rr = r % MR;
+      const T* src = a + (i0 + r) * lda;
+      for (int64_t p0 = 0; p0 < k; p0 += KC) {
+        const int64_t kc = lo(KC, k - p0);
+        T* o = out + p0 * MC + q * MR * kc + rr;
+        for (int64_t p = 0; p < kc; ++p) o[p * MR] = r < mc ? src[p0 + p] : T(0);
       }
     }
   }
@@ -152,6 +172,51 @@ struct Kernels {
     }
   }
 
+  // norms[i] = sqnorm(row i of A B^T), A n x k, B e x k. Each thread computes whole MC-row tiles of
+  // W = A B^T into an L2-resident buffer and reduces them at once, so W never goes to memory.
+  static void row_sqnorms(int64_t n, int64_t e, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                          double (*sqnorm)(const T*, int64_t), double* norms) {
+    if (n <= 0) return;
+    const int64_t n_panels = (e + NR - 1) / NR, ldw = n_panels * NR, n_tiles = (n + MC - 1) / MC;
+    const int64_t n_kblocks = (k + KC - 1) / KC;
+    Buffer<T> bpack(ldw * (k > 0 ? k : 1));  // k block at p0 starts at p0 * ldw, panel q at + q * NR * kc
+    const bool parallel = n_tiles > 1 && static_cast<double>(n) * e * k > 4e6;
+#pragma omp parallel if (parallel)
+    {
+#pragma omp for schedule(static)
+      for (int64_t idx = 0; idx < n_kblocks * n_panels; ++idx) {
+        const int64_t p0 = idx / n_panels * KC, q = idx % n_panels, kc = lo(KC, k - p0);
+        pack_b(true, b, ldb, q * NR, lo(NR, e - q * NR), p0, kc, bpack.p + p0 * ldw + q * NR * kc);
+      }
+      Buffer<T> apack(MC * (k > 0 ? k : 1)), w(MC * ldw);
+#pragma omp for schedule(static)
+      for (int64_t t = 0; t < n_tiles; ++t) {
+        const int64_t i0 = t * MC, mc = lo(MC, n - i0);
+        if (k <= 0)
+          for (int64_t i = 0; i < MC * ldw; ++i) w.p[i] = T(0);
+        pack_a_all_k(a, lda, i0, mc, k, apack.p);
+        // The next tile's rows are fetched from memory while this one computes, a few lines per
+        // micro-tile (a tile is one contiguous stretch of rows when lda == k).
+        const char* next = reinterpret_cast<const char*>(a + (i0 + MC) * lda);
+        const int64_t next_bytes = lda == k ? lo(MC, n - i0 - MC) * k * static_cast<int64_t>(sizeof(T)) : 0;
+        const int64_t calls = n_kblocks * n_panels * ((mc + MR - 1) / MR);
+        const int64_t per_call = (next_bytes / 64 + calls - 1) / (calls > 0 ? calls : 1);
+        int64_t fetched = 0;
+        for (int64_t p0 = 0; p0 < k; p0 += KC) {
+          const int64_t kc = lo(KC, k - p0);
+          for (int64_t q = 0; q < n_panels; ++q)
+            for (int64_t r0 = 0; r0 < mc; r0 += MR) {
+              for (int64_t f = 0; f < per_call && fetched < next_bytes; ++f, fetched += 64)
+                __builtin_prefetch(next + fetched, 0, 2);
+              micro(kc, apack.p + p0 * MC + r0 * kc, bpack.p + p0 * ldw + q * NR * kc, w.p + r0 * ldw + q * NR, ldw,
+                    p0 > 0);
+            }
+        }
+        for (int64_t r = 0; r < mc; ++r) norms[i0 + r] = sqnorm(w.p + r * ldw, e);
+      }
+    }
+  }
+
   static int cholesky_lower(int64_t n, T* a, int64_t lda) {
     Buffer<T> col(n);
     for (int64_t k = 0; k < n; ++k) {
@@ -215,6 +280,7 @@ const KernelTable& make_table(const char* name) {
   static const KernelTable table{name,
                                  &Kernels<SF>::gemm,
                                  &Kernels<SD>::gemm,
+                                 &Kernels<SF>::row_sqnorms,
                                  &Kernels<SD>::cholesky_lower,
                                  &Kernels<SD>::inverse_lower,
                                  &Kernels<SD>::solve_lower_rows};

@@ -10,7 +10,8 @@ template <class F>
 struct Lanes1 {
   using T = F;
   using V = F;
-  static constexpr int W = 1;
+  static constexpr int W = 1, MR = 6;
+  static constexpr int64_t KC = 256;
   static V load(const T* p) { return *p; }
   static void store(T* p, V v) { *p = v; }
   static V set1(T x) { return x; }

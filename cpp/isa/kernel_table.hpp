@@ -13,6 +13,8 @@ struct KernelTable {
                 int64_t, bool);
   void (*dgemm)(bool, bool, int64_t, int64_t, int64_t, const double*, int64_t, const double*, int64_t, Update,
                 double*, int64_t, bool);
+  void (*row_sqnorms)(int64_t, int64_t, int64_t, const float*, int64_t, const float*, int64_t,
+                      double (*)(const float*, int64_t), double*);
   int (*cholesky_lower)(int64_t, double*, int64_t);
   void (*inverse_lower)(int64_t, double*, int64_t);
   void (*solve_lower_rows)(int64_t, int64_t, const double*, int64_t, double*, int64_t);
