@@ -8,6 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from _require import unavailable
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -77,7 +78,7 @@ def bmdal():
         algorithms = importlib.import_module("bmdal_reg.bmdal.algorithms")
         feature_data = importlib.import_module("bmdal_reg.bmdal.feature_data")
     except Exception as exc:  # ImportError or a broken install: either way the oracle is absent
-        pytest.skip(f"bmdal_reg not importable: {exc!r}")
+        unavailable("bmdal_reg (the correctness oracle)", exc)
 
     class Bmdal:
         def select(self, pool, train, n, selection_method, kernel_transforms=(), **config):

@@ -1,9 +1,10 @@
 """The acquisition pipeline: strategies, streaming, file inputs, resumable cache, bad input."""
 import numpy as np
 import pytest
+from _require import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("ase")
+torch = require("torch")
+require("ase")
 
 import ase.db  # noqa: E402
 import ase.io  # noqa: E402

@@ -4,10 +4,11 @@ import sys
 
 import numpy as np
 import pytest
+from _require import require
 
-pytest.importorskip("torch")
-pytest.importorskip("chgnet")
-pytest.importorskip("tblite")
+require("torch")
+require("chgnet")
+require("tblite")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
 
 from al import data as D  # noqa: E402

@@ -4,9 +4,10 @@ import sys
 
 import numpy as np
 import pytest
+from _require import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("ase")
+torch = require("torch")
+require("ase")
 
 import ase.io  # noqa: E402
 
@@ -101,7 +102,7 @@ def test_bad_input_exits_with_clear_error(files, capsys, argv, needle):
 
 @pytest.mark.slow
 def test_demo_with_pretrained_chgnet(tmp_path, capsys, monkeypatch):
-    pytest.importorskip("chgnet")
+    require("chgnet")
     monkeypatch.chdir(tmp_path)
     code = main(["demo", "--pool-size", "12", "--train-size", "3", "-n", "3", "--dim", "64", "--force-rows", "2",
                  "--workers", "1", "--no-progress"])

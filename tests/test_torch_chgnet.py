@@ -4,9 +4,10 @@ import io
 
 import numpy as np
 import pytest
+from _require import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("chgnet")
+torch = require("torch")
+require("chgnet")
 
 from ase import Atoms  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402

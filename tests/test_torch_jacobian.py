@@ -1,9 +1,10 @@
 """Jacobian routes and the Featurizer against finite differences on a tiny float64 model."""
 import numpy as np
 import pytest
+from _require import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("ase")
+torch = require("torch")
+require("ase")
 
 from ase import Atoms  # noqa: E402
 from ase.build import bulk, molecule  # noqa: E402

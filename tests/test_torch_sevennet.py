@@ -3,9 +3,10 @@ import warnings
 
 import numpy as np
 import pytest
+from _require import require
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("sevenn")
+torch = require("torch")
+require("sevenn")
 
 from ase.build import bulk, molecule  # noqa: E402
 

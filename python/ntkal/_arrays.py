@@ -64,8 +64,11 @@ def as_float_array(x, where: str, name: str, *, ndim: int, width: int | None = N
 
 
 def as_rows(x, where: str, name: str = "rows", width: int | None = None) -> np.ndarray:
-    """(n_rows, dim) float32 C-contiguous feature rows, finite."""
-    return as_float_array(x, where, name, ndim=2, width=width)
+    """(n_rows, dim) float32 C-contiguous feature rows, finite, dim >= 1."""
+    a = as_float_array(x, where, name, ndim=2, width=width)
+    if a.shape[1] == 0:
+        fail(where, f"{name} must have at least one feature column; got shape {a.shape}")
+    return a
 
 
 def as_offsets(offsets, n_rows: int, where: str, name: str = "offsets") -> np.ndarray | None:

@@ -721,11 +721,12 @@ def select(rows, offsets, n, method="lcmd", posterior=None, train_rows=None, tra
     return Selection(idx, scores, method)
 
 
-def to_host(x) -> np.ndarray:
+def to_host(x, where: str, name: str) -> np.ndarray:
     """A NumPy copy of a CUDA array (helper for callers that need small results on the host)."""
     if isinstance(x, np.ndarray):
         return x
-    lib = _library_for(x, "to_host", "x")
+    _require_backend(where)
+    lib = _library_for(x, where, name)
     return lib.to_numpy(lib.adopt(x))
 
 

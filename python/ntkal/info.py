@@ -11,11 +11,14 @@ def build_info() -> dict:
     Returns
     -------
     dict
-        ``version``, ``blas``, ``num_threads``, ``cuda_compiled`` (bool), ``cuda_devices`` (list of names).
+        ``version``, ``blas``, ``kernels`` (the fixed-order kernel set in use: ``avx512``, ``avx2`` or
+        ``scalar``; every set gives bitwise-identical results), ``num_threads``, ``cuda_compiled``
+        (bool), ``cuda_devices`` (list of names).
     """
     info = {
         "version": _core.__version__,
         "blas": _core.blas_provider,
+        "kernels": _kernel_set(),
         "num_threads": _core.get_num_threads(),
         "cuda_compiled": bool(getattr(_core, "cuda_compiled", False)),
         "cuda_devices": [],
@@ -28,6 +31,13 @@ def build_info() -> dict:
         except Exception as exc:  # no driver, no device: still a valid answer
             info["cuda_error"] = str(exc)
     return info
+
+
+def _kernel_set() -> str:
+    try:
+        return _core.kernel_set()
+    except ValueError as exc:  # a bad NTKAL_KERNELS value: reported, not raised (build_info never raises)
+        return f"unavailable: {exc}"
 
 
 def set_num_threads(n: int) -> None:

@@ -74,8 +74,8 @@ class Posterior:
         if is_device_array(rows) or is_device_array(offsets):  # A is accumulated on the host in float64
             from ._cuda_backend import to_host
 
-            rows = to_host(rows)
-            offsets = None if offsets is None else to_host(offsets)
+            rows = to_host(rows, "Posterior.add", "rows")
+            offsets = None if offsets is None else to_host(offsets, "Posterior.add", "offsets")
         rows, offsets = rows_and_offsets(rows, offsets, "Posterior.add", self.dim)
         n_blocks = rows.shape[0] if offsets is None else offsets.shape[0] - 1
         self._p.add(rows, n_blocks)
