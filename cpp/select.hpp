@@ -14,11 +14,9 @@ struct Selection {
   std::vector<double> scores;
 };
 
-// Greedy posterior variance with block-aware Woodbury updates (lazy evaluation: identical picks
-// to plain greedy because conditioning never increases PV). initial_pv may be null; when given it
-// holds upper bounds of every block's PV (e.g. a float32 score pass).
-Selection select_greedy_pv(const Posterior& posterior, const BlocksView& candidates, int64_t n,
-                           const double* initial_pv);
+// Greedy posterior variance with block-aware Woodbury updates: identical picks to plain greedy
+// in float64 (ties: lower index), computed lazily over blocks (see greedy_pv.cpp).
+Selection select_greedy_pv(const Posterior& posterior, const BlocksView& candidates, int64_t n);
 
 // Distance-based methods on one vector per structure (candidates: n_pool x e, train: n_train x e).
 // lcmd: largest cluster (sum of squared distances) -> farthest member; maxdist: farthest candidate.

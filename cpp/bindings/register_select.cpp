@@ -38,24 +38,16 @@ void register_select(py::module_& m) {
       .def_property_readonly("seen", &TopK::seen);
 
   m.def("select_greedy_pv",
-        [](const Posterior& post, const F32& rows, const py::object& offsets, int64_t n,
-           const py::object& initial_pv) {
+        [](const Posterior& post, const F32& rows, const py::object& offsets, int64_t n) {
           BlocksView b = blocks_view(rows, offsets, "select");
-          const double* init = nullptr;
-          F64 init_arr;
-          if (!initial_pv.is_none()) {
-            init_arr = initial_pv.cast<F64>();
-            if (init_arr.size() != b.n_blocks) throw InvalidArgument("select: initial_pv has the wrong length");
-            init = init_arr.data();
-          }
           Selection s;
           {
             py::gil_scoped_release release;
-            s = select_greedy_pv(post, b, n, init);
+            s = select_greedy_pv(post, b, n);
           }
           return as_tuple(std::move(s));
         },
-        py::arg("posterior"), py::arg("rows"), py::arg("offsets"), py::arg("n"), py::arg("initial_pv"));
+        py::arg("posterior"), py::arg("rows"), py::arg("offsets"), py::arg("n"));
 
   m.def("select_by_distance",
         [](const std::string& method, const F32& x, const py::object& train, int64_t n,

@@ -138,7 +138,7 @@ def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior 
             posterior.add(train_rows, train_offsets)
 
     if method == "greedy_pv":
-        idx, scores = _core.select_greedy_pv(posterior._p, rows, offsets, n, None)
+        idx, scores = _core.select_greedy_pv(posterior._p, rows, offsets, n)
     elif method == "topk":
         top = _core.TopK(n)
         top.push(posterior._p.variance(rows, offsets, False), 0)
