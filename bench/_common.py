@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import platform
 import resource
 import subprocess
@@ -142,7 +143,22 @@ def machine_info() -> dict:
     except Exception:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": model, "cores": os.cpu_count(), "mem_gb": round(mem_gb, 1),
-            "python": platform.python_version(), "loadavg": [round(x, 2) for x in load]}
+            "python": platform.python_version(), "loadavg": [round(x, 2) for x in load], **code_version(),
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset")}
+
+
+def code_version() -> dict:
+    """The commit the numbers belong to, and whether the tree had uncommitted changes (then they
+    are not the commit's numbers)."""
+    repo = pathlib.Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
+                                timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                    capture_output=True, text=True, timeout=10).stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "dirty": None}
+    return {"commit": commit or "unknown", "dirty": dirty}
 
 
 # ------------------------------------------------------------------ timing

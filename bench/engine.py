@@ -478,6 +478,8 @@ def main(argv=None) -> None:
     print("ntkal engine benchmark" + (" (--quick)" if args.quick else ""))
     print(f"  {time.strftime('%Y-%m-%d %H:%M:%S')}; {info['cpu']}, {info['cores']} cores, {info['mem_gb']} GB RAM, "
           f"Python {info['python']}; load average at start {info['loadavg']}")
+    print(f"  commit {info['commit']}{' (with uncommitted changes)' if info['dirty'] else ''}; "
+          f"OPENBLAS_CORETYPE={info['openblas_coretype']}")
     print(f"  ntkal {ntkal.build_info()}; threads {args.threads} for ntkal, NumPy BLAS and torch; "
           f"OMP_WAIT_POLICY={env_extra.get('OMP_WAIT_POLICY', os.environ.get('OMP_WAIT_POLICY', 'unset'))}")
     print(f"  numpy {np.__version__} (its own OpenBLAS build; ntkal links scipy-openblas32)")
