@@ -83,7 +83,7 @@ def bench_scoring(args) -> list[dict]:
     import torch
 
     import ntkal
-    from ntkal import _cuda_backend as cb
+    from ntkal.backends import cuda as cb
 
     out = []
     for d in args.dims:
@@ -100,12 +100,12 @@ def bench_scoring(args) -> list[dict]:
             res["gemm_tf32_s"], _ = wall(lambda: torch.matmul(rows, w), args.repeats)
             torch.backends.cuda.matmul.allow_tf32 = False
             for mm in ("float32", "tf32", "bf16"):
-                res[f"pv_{mm}_s"], pv = wall(lambda: cb.variance(post, rows, None, False, matmul=mm), args.repeats)
+                res[f"pv_{mm}_s"], pv = wall(lambda: post.variance(rows, None, matmul=mm), args.repeats)
             res["pv_float64_s"], _ = wall(lambda: post64.variance(rows), max(1, args.repeats // 2))
             # correctness spot check against the CPU on a slice (same posterior)
             sl = rows[:4096].cpu().numpy()
             ref = post.variance(sl)
-            got = cb.variance(post, rows[:4096], None, False).cpu().numpy()
+            got = post.variance(rows[:4096]).cpu().numpy()
             res["max_rel_err_vs_cpu"] = float(np.max(np.abs(got - ref) / np.abs(ref)))
             nominal = 2.0 * n_pool * d * d
             res["nominal_gflop"] = nominal / 1e9
@@ -129,7 +129,7 @@ def bench_ragged(args) -> dict:
     """PV of ragged blocks (1..15 rows per structure) at the first pool size / dim."""
     import torch
 
-    from ntkal import _cuda_backend as cb
+    from ntkal.backends import cuda as cb
 
     d, n_pool = args.dims[0], args.pools[0]
     post = make_posterior(d, args.n_train, args.noise_var, args.seed)
@@ -140,7 +140,7 @@ def bench_ragged(args) -> dict:
     off_dev = torch.from_numpy(offsets).cuda()
     w = torch.randn(d, d, device="cuda", generator=gen)
     t_gemm, _ = wall(lambda: torch.matmul(rows, w), args.repeats)
-    t_pv, _ = wall(lambda: cb.variance(post, rows, off_dev, False), args.repeats)
+    t_pv, _ = wall(lambda: post.variance(rows, off_dev), args.repeats)
     res = {"n_pool": n_pool, "d": d, "rows": int(offsets[-1]), "gemm_fp32_s": t_gemm, "pv_float32_s": t_pv,
            "fraction_fp32": t_gemm / t_pv}
     print(f"  ragged: {n_pool} structures, {res['rows']} rows, d {d}: PV {t_pv * 1e3:.2f} ms = "
@@ -155,7 +155,7 @@ def bench_projection(args) -> list[dict]:
     import torch
 
     import ntkal
-    from ntkal import _cuda_backend as cb
+    from ntkal.backends import cuda as cb
 
     out = []
     m, p = args.proj_rows, args.proj_params
@@ -164,7 +164,7 @@ def bench_projection(args) -> list[dict]:
             sk = ntkal.Sketch(p, d, kind=kind, seed=args.seed)
             gen = torch.Generator(device="cuda").manual_seed(args.seed)
             J = torch.randn(m, p, device="cuda", generator=gen)
-            s_dense = cb.sketch_dense(sk, 0, p).float()
+            s_dense = cb.sketch_dense(sk._s, 0, p).float()
             torch.backends.cuda.matmul.allow_tf32 = False
             t_gemm, ref = wall(lambda: torch.matmul(J, s_dense), args.repeats)
             t_proj, got = wall(lambda: sk.project(J), args.repeats)
@@ -213,7 +213,7 @@ def _peak_reset():
 
     _sync()
     torch.cuda.reset_peak_memory_stats()
-    _core.cuda_scratch_peak_bytes(torch.cuda.current_device(), True)
+    _core.cuda.scratch_peak_bytes(torch.cuda.current_device(), True)
     return torch.cuda.memory_allocated()
 
 
@@ -224,7 +224,7 @@ def _peak_mb(baseline: int) -> tuple[float, float]:
 
     _sync()
     torch_peak = max(0, torch.cuda.max_memory_allocated() - baseline)
-    scratch = _core.cuda_scratch_peak_bytes(torch.cuda.current_device(), False)
+    scratch = _core.cuda.scratch_peak_bytes(torch.cuda.current_device(), False)
     return torch_peak / 2**20, scratch / 2**20
 
 
@@ -327,7 +327,7 @@ def main(argv=None) -> int:
         args.pools, args.dims, args.repeats = [200_000], [512], 3
 
     import ntkal
-    from ntkal import _cuda_backend as cb
+    from ntkal.backends import cuda as cb
 
     info = ntkal.build_info()
     if cb.device_count() == 0:

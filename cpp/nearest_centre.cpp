@@ -14,11 +14,12 @@
 #include <type_traits>
 
 #include "blas.hpp"
+#include "fixed_order.hpp"
 
 namespace ntkal {
 
 #if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
-#define NTKAL_CLONES __attribute__((target_clones("avx2", "default")))
+#define NTKAL_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define NTKAL_CLONES
 #endif
@@ -119,7 +120,8 @@ void nearest_brute(const RowsView& x, const RowsView& tr, std::vector<int64_t>& 
     }
     for (int64_t j0 = 0; j0 < nt; j0 += kTrainTile) {
       const int64_t nj = std::min(kTrainTile, nt - j0);
-      blas::gemm(false, true, ni, nj, e, T(1), xc.data(), e, tc.data() + j0 * e, e, T(0), g.data(), nj);
+      fixed::gemm(false, true, ni, nj, e, xc.data(), e, tc.data() + j0 * e, e, fixed::Update::Overwrite, g.data(),
+                  nj);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < ni; ++i) {
         // ||x||^2 is constant per row: compare ||t||^2 - 2 x.t
@@ -160,7 +162,7 @@ bool nearest_projected(const RowsView& x, const RowsView& tr, std::vector<int64_
     buf.resize(static_cast<size_t>(nj * e));
     for (int64_t j = 0; j < nj; ++j)
       for (int64_t c = 0; c < e; ++c) buf[j * e + c] = tr.row(j0 + j)[c] - mean[c];
-    blas::syrk_lower_xtx(e, nj, 1.0, buf.data(), e, 1.0, cov.data(), e);
+    fixed::syrk_lower_add(e, nj, buf.data(), e, cov.data(), e);
   }
   std::vector<double> w(static_cast<size_t>(e));
   if (blas::syev(e, cov.data(), e, w.data()) != 0) return false;
@@ -187,7 +189,7 @@ bool nearest_projected(const RowsView& x, const RowsView& tr, std::vector<int64_
       }
       vn[i] = s;
     }
-    blas::gemm(false, true, n, k, e, 1.0, scratch.data(), e, basis, e, 0.0, pd.data(), k);
+    fixed::gemm(false, true, n, k, e, scratch.data(), e, basis, e, fixed::Update::Overwrite, pd.data(), k);
     p.resize(static_cast<size_t>(n * k));
     pn.resize(static_cast<size_t>(n));
     r.resize(static_cast<size_t>(n));
@@ -238,7 +240,8 @@ bool nearest_projected(const RowsView& x, const RowsView& tr, std::vector<int64_
     }
     for (int64_t j0 = 0; j0 < nt; j0 += kTrainTile) {
       const int64_t nj = std::min(kTrainTile, nt - j0);
-      blas::gemm(false, true, ni, nj, k, 1.0f, px.data(), k, pt.data() + j0 * k, k, 0.0f, g.data(), nj);
+      fixed::gemm(false, true, ni, nj, k, px.data(), k, pt.data() + j0 * k, k, fixed::Update::Overwrite, g.data(),
+                  nj);
 #pragma omp parallel for schedule(static)
       for (int64_t i = 0; i < ni; ++i) {
         const float* gi = g.data() + i * nj;

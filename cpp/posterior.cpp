@@ -101,14 +101,6 @@ std::vector<double> Posterior::whitening_operator() const {
   return whiten_op_;
 }
 
-std::vector<double> Posterior::gram() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  std::vector<double> g(gram_);
-  for (int64_t i = 0; i < dim_; ++i)
-    for (int64_t j = i + 1; j < dim_; ++j) g[i * dim_ + j] = g[j * dim_ + i];
-  return g;
-}
-
 void Posterior::whiten(const float* rows, int64_t n, double* out) const {
   ensure_factor();
   const int64_t d = dim_;

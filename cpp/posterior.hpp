@@ -7,10 +7,10 @@
 #include <vector>
 
 #include "common.hpp"
+#include "options.hpp"
 
 namespace ntkal {
 
-enum class Precision { Float32, Float64 };
 
 class Posterior {
  public:
@@ -36,7 +36,6 @@ class Posterior {
   // sqrt(c) L^{-1} (row-major lower, dim x dim): the whitening operator psi = M phi. The float32
   // scoring path and the CUDA backend both use this one matrix.
   std::vector<double> whitening_operator() const;
-  std::vector<double> gram() const;      // sum Phi^T Phi (lower triangle filled symmetric)
 
   static constexpr int64_t kChunkElems = int64_t(1) << 21;  // floats per scoring chunk (8 MB)
 

@@ -21,7 +21,6 @@ Selection select_greedy_pv(const Posterior& posterior, const BlocksView& candida
 // Distance-based methods on one vector per structure (candidates: n_pool x e, train: n_train x e).
 // lcmd: largest cluster (sum of squared distances) -> farthest member; maxdist: farthest candidate.
 // Train vectors are the initial centres; without them the first pick is the largest norm.
-enum class DistanceMethod { Lcmd, MaxDist };
 Selection select_by_distance(DistanceMethod method, const RowsView& candidates, const RowsView& train, int64_t n,
                              Precision precision);
 

@@ -4,9 +4,10 @@
 #include <cstdint>
 #include <vector>
 
+#include "options.hpp"
+
 namespace ntkal {
 
-enum class SketchKind { Gaussian, SparseSign };
 
 class Sketch {
  public:

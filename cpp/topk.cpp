@@ -23,7 +23,6 @@ void TopK::trim() {
 }
 
 void TopK::push(const double* values, int64_t n, int64_t base) {
-  seen_ += n;
   if (k_ == 0) return;
   for (int64_t i = 0; i < n; ++i) {
     kept_.emplace_back(values[i], base + i);

@@ -13,11 +13,10 @@ class TopK {
   void push(const double* values, int64_t n, int64_t base);
   // The kept entries, best first.
   void result(std::vector<int64_t>& indices, std::vector<double>& values);
-  int64_t seen() const { return seen_; }
 
  private:
   void trim();
-  int64_t k_, seen_ = 0;
+  int64_t k_;
   std::vector<std::pair<double, int64_t>> kept_;
 };
 

@@ -4,6 +4,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
 #include <string>
 
@@ -20,7 +21,45 @@ inline void check(cudaError_t e, const char* what) {
   }
 }
 #define NTKAL_CUDA_CHECK(expr) ::ntkal::cuda::detail::check((expr), #expr)
-#define NTKAL_CUDA_LAUNCHED(name) ::ntkal::cuda::detail::check(cudaGetLastError(), "launch of " name)
+
+// NTKAL_CUDA_SYNC=1 in the environment: wait for every kernel right after its launch, so an
+// asynchronous fault is reported by the kernel that caused it (debugging; slow).
+inline bool sync_after_launch() {
+  static const bool on = [] {
+    const char* v = std::getenv("NTKAL_CUDA_SYNC");
+    return v && *v && std::string(v) != "0";
+  }();
+  return on;
+}
+inline void launched(const char* name) {
+  check(cudaGetLastError(), name);
+  if (sync_after_launch()) check(cudaDeviceSynchronize(), name);
+}
+#define NTKAL_CUDA_LAUNCHED(name) ::ntkal::cuda::detail::launched("launch of " name)
+
+// Stream-ordered allocation where the device supports memory pools (cudaMallocAsync), plain
+// cudaMalloc/cudaFree elsewhere (some virtualised and older devices report no pool support).
+inline bool pools_supported() {
+  int device = 0, supported = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  if (cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return supported != 0;
+}
+inline void device_alloc(void** p, size_t bytes, cudaStream_t s) {
+  if (pools_supported())
+    check(cudaMallocAsync(p, bytes, s), "cudaMallocAsync");
+  else
+    check(cudaMalloc(p, bytes), "cudaMalloc");
+}
+// Never throws (used by destructors); a failure leaves the sticky error cleared.
+inline void device_free(void* p, cudaStream_t s) noexcept {
+  if (!p) return;
+  const cudaError_t e = pools_supported() ? cudaFreeAsync(p, s) : cudaFree(p);
+  if (e != cudaSuccess) cudaGetLastError();
+}
 
 inline cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
 
@@ -75,14 +114,20 @@ class Scratch {
     release();
     stream_ = s;
     size_ = n;
-    if (n > 0) NTKAL_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&p_), sizeof(T) * static_cast<size_t>(n), s));
+    if (n > 0) device_alloc(reinterpret_cast<void**>(&p_), sizeof(T) * static_cast<size_t>(n), s);
   }
   // Grow to at least n elements, keeping the first `keep` elements.
   void grow(int64_t n, int64_t keep, cudaStream_t s) {
     if (n <= size_) return;
     T* np = nullptr;
-    NTKAL_CUDA_CHECK(cudaMallocAsync(reinterpret_cast<void**>(&np), sizeof(T) * static_cast<size_t>(n), s));
-    if (keep > 0) NTKAL_CUDA_CHECK(cudaMemcpyAsync(np, p_, sizeof(T) * keep, cudaMemcpyDeviceToDevice, s));
+    device_alloc(reinterpret_cast<void**>(&np), sizeof(T) * static_cast<size_t>(n), s);
+    if (keep > 0) {
+      const cudaError_t e = cudaMemcpyAsync(np, p_, sizeof(T) * keep, cudaMemcpyDeviceToDevice, s);
+      if (e != cudaSuccess) {
+        device_free(np, s);  // the new block would otherwise leak on this error path
+        check(e, "cudaMemcpyAsync (Scratch::grow)");
+      }
+    }
     release();
     p_ = np;
     size_ = n;
@@ -93,7 +138,7 @@ class Scratch {
 
  private:
   void release() {
-    if (p_) cudaFreeAsync(p_, stream_);
+    device_free(p_, stream_);
     p_ = nullptr;
     size_ = 0;
   }

@@ -339,7 +339,7 @@ void nearest_train(const float* x, int64_t n_pool, const float* train, int64_t n
 }  // namespace detail
 
 void select_by_distance(DistanceMethod method, const float* x, int64_t n_pool, const float* train, int64_t n_train,
-                        int64_t e, int64_t n, bool float64_init, int64_t* out_indices, double* out_scores,
+                        int64_t e, int64_t n, Precision init, int64_t* out_indices, double* out_scores,
                         void* stream) {
   using namespace detail;
   require(e > 0 && n_pool >= 0 && n_train >= 0, "select: vectors must be (n, e) with e > 0");
@@ -356,7 +356,7 @@ void select_by_distance(DistanceMethod method, const float* x, int64_t n_pool, c
   const unsigned warp_grid = grid_for(n_pool, 8, 65535);  // 8 warps (rows) per 256-thread CTA
   int64_t n_clusters = 0, step = 0;
   if (n_train > 0) {
-    if (float64_init)
+    if (init == Precision::Float64)
       nearest_train<double>(x, n_pool, train, n_train, e, owner.get(), min_d2.get(), s);
     else
       nearest_train<float>(x, n_pool, train, n_train, e, owner.get(), min_d2.get(), s);

@@ -47,9 +47,13 @@ __device__ __forceinline__ void load_vec(const T* p, T (&dst)[V]) {
   for (int i = 0; i < V; ++i) dst[i] = e[i];
 }
 
+// alignas(16): load_vec reads 16-byte vectors, so the tile's base must be 16-byte aligned (a plain
+// float/double array only guarantees 4 / 8), and every padded row must keep that alignment.
 template <class T>
-struct SimtShared {
+struct alignas(16) SimtShared {
   using C = Simt<T>;
+  static_assert((C::BM + C::PAD) * sizeof(T) % 16 == 0 && (C::BN + C::PAD) * sizeof(T) % 16 == 0,
+                "padded shared rows must stay 16-byte aligned for the vector loads");
   T a[2][C::BK][C::BM + C::PAD];
   T b[2][C::BK][C::BN + C::PAD];
 };

@@ -22,7 +22,14 @@
 #include <string>
 #include <vector>
 
+#include "options.hpp"
+
 namespace ntkal::cuda {
+
+using ntkal::DistanceMethod;
+using ntkal::Matmul;
+using ntkal::Precision;
+using ntkal::SketchKind;
 
 class CudaError : public std::runtime_error {
  public:
@@ -33,8 +40,6 @@ class CudaError : public std::runtime_error {
 int device_count() noexcept;                       // 0 when there is no driver or no device
 std::vector<std::string> device_names() noexcept;  // "NVIDIA H100 80GB HBM3 (sm_90)"; empty when none
 int runtime_version() noexcept;                    // CUDA runtime this library was built with (13000 = 13.0)
-int driver_version() noexcept;                     // 0 when there is no driver
-int pointer_device(const void* p) noexcept;        // device owning p, -1 for host or unknown memory
 void synchronize(void* stream);                    // waits for all work on stream
 // High-water mark in bytes of the backend's scratch memory (the device's default stream-ordered
 // memory pool) since the last reset; reset=true restarts it from the current use. For benchmarks:
@@ -47,7 +52,6 @@ int64_t count_nonfinite(const float* x, int64_t rows, int64_t cols, int64_t ld, 
 int64_t count_nonfinite(const double* x, int64_t rows, int64_t cols, int64_t ld, void* stream);
 
 // ---- sketch projection --------------------------------------------------------------------------
-enum class SketchKind { Gaussian = 0, SparseSign = 1 };
 struct SketchSpec {
   SketchKind kind;
   uint64_t seed;
@@ -68,9 +72,8 @@ void sketch_project(const SketchSpec& s, const double* j, int64_t m, int64_t p_c
 void sketch_dense(const SketchSpec& s, int64_t p_begin, int64_t p_end, double* out, void* stream);
 
 // ---- posterior variance ---------------------------------------------------------------------------
-// Arithmetic of the whitening GEMM. Float32: SIMT FP32 (default, "exact" float32). TF32 / BF16:
-// tensor cores (mma.sync) with inputs rounded to TF32 / BF16 and FP32 accumulation.
-enum class Matmul { Float32 = 0, TF32 = 1, BF16 = 2 };
+// Matmul (options.hpp): Float32 = SIMT FP32 (default, "exact" float32); TF32 / BF16 = tensor cores
+// (mma.sync) with inputs rounded to TF32 / BF16 and FP32 accumulation.
 
 // out[b] = noise_var * sum over rows r of block b of ||M phi_r||^2 (divided by the block's row count
 // when intensive), M = whiten (dim x dim, lower triangular, row-major; the zeros above the diagonal
@@ -101,11 +104,10 @@ void select_greedy_pv(const float* rows, int64_t n_rows, int64_t dim, const int6
 // semantics as the CPU select_by_distance: train vectors are the initial centres, each candidate
 // owned by its exact float64 nearest train vector (ties: lowest index), found by a blocked GEMM on
 // train-mean-centred data that shortlists and an exact float64 check that decides; without train
-// vectors the first pick is the largest norm. float64_init: the shortlisting GEMM in float64.
+// vectors the first pick is the largest norm. init: arithmetic of the shortlisting GEMM.
 // Fully asynchronous (the picks stay on the device). out_*: device arrays of n entries.
-enum class DistanceMethod { Lcmd = 0, MaxDist = 1 };
 void select_by_distance(DistanceMethod method, const float* x, int64_t n_pool, const float* train, int64_t n_train,
-                        int64_t e, int64_t n, bool float64_init, int64_t* out_indices, double* out_scores,
+                        int64_t e, int64_t n, Precision init, int64_t* out_indices, double* out_scores,
                         void* stream);
 
 // Gram sketch z (n_blocks x out_dim, float32) of ragged blocks, same definition and generator

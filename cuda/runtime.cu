@@ -37,25 +37,6 @@ std::vector<std::string> device_names() noexcept {
 
 int runtime_version() noexcept { return CUDART_VERSION; }
 
-int driver_version() noexcept {
-  int v = 0;
-  if (cudaDriverGetVersion(&v) != cudaSuccess) {
-    cudaGetLastError();
-    return 0;
-  }
-  return v;
-}
-
-int pointer_device(const void* p) noexcept {
-  if (!p) return -1;
-  cudaPointerAttributes attr{};
-  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-    cudaGetLastError();
-    return -1;
-  }
-  return (attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged) ? attr.device : -1;
-}
-
 void synchronize(void* stream) { NTKAL_CUDA_CHECK(cudaStreamSynchronize(detail::as_stream(stream))); }
 
 int64_t scratch_peak_bytes(int device, bool reset) {

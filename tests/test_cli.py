@@ -12,7 +12,8 @@ require("ase")
 import ase.io  # noqa: E402
 
 import ntkal  # noqa: E402
-from ntkal.cli import demo_structures, main  # noqa: E402
+from ntkal.cli import main  # noqa: E402
+from ntkal.demo_data import demo_structures  # noqa: E402
 from ntkal.torch import Featurizer, models  # noqa: E402
 
 

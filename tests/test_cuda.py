@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import ntkal
-from ntkal import _cuda_backend as cb
+from ntkal._device import is_device_array
+from ntkal.backends import cuda as cb
 from ntkal._loader import _core
 
 N_DEVICES = cb.device_count()
@@ -56,7 +57,7 @@ def test_cuda_backend_compiled_when_nvcc_exists():
     # CMake's check_language(CUDA) finds this nvcc, so the build must contain the backend, and the
     # static CUDA runtime must keep the module importable even without a driver.
     assert ntkal.build_info()["cuda_compiled"] is True
-    assert _core.cuda_runtime_version >= 12000
+    assert _core.cuda.runtime_version >= 12000
 
 
 def test_device_count_and_names_never_raise():
@@ -66,14 +67,14 @@ def test_device_count_and_names_never_raise():
 
 def test_is_device_array_classifies_inputs():
     torch = pytest.importorskip("torch")
-    assert not cb.is_device_array(np.zeros(3, np.float32))
-    assert not cb.is_device_array(torch.zeros(3))
-    assert not cb.is_device_array(torch.zeros(3, requires_grad=True))
-    assert not cb.is_device_array([1.0, 2.0])
-    assert not cb.is_device_array(FakeDlpack(1))  # kDLCPU
-    assert cb.is_device_array(FakeCudaArray())
-    assert cb.is_device_array(FakeDlpack(2))  # kDLCUDA
-    assert cb.is_device_array(FakeDlpack(13))  # kDLCUDAManaged
+    assert not is_device_array(np.zeros(3, np.float32))
+    assert not is_device_array(torch.zeros(3))
+    assert not is_device_array(torch.zeros(3, requires_grad=True))
+    assert not is_device_array([1.0, 2.0])
+    assert not is_device_array(FakeDlpack(1))  # kDLCPU
+    assert is_device_array(FakeCudaArray())
+    assert is_device_array(FakeDlpack(2))  # kDLCUDA
+    assert is_device_array(FakeDlpack(13))  # kDLCUDAManaged
 
 
 @pytest.mark.skipif(not cb.compiled(), reason="CUDA backend not compiled into this build")
@@ -82,7 +83,7 @@ def test_whitening_operator_is_the_cpu_scoring_operator(gen):
     d = 24
     post = ntkal.Posterior(d, noise_var=0.05, scale=True)
     post.add(gen.rows(300, d, scale=3.0))
-    m = _core.cuda_whitening_operator(post._p)
+    m = post._p.whitening_operator()
     assert m.shape == (d, d) and m.dtype == np.float64
     assert np.all(np.triu(m, 1) == 0.0)
     np.testing.assert_allclose(m @ post.cholesky, np.sqrt(post.feature_scale) * np.eye(d), atol=1e-12)
@@ -188,7 +189,7 @@ class TestGpuParity:
     @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
     def test_sketch_entries_identical(self, kind):
         sk = ntkal.Sketch(10_000, 130, kind=kind, seed=2**40 + 7, nnz=5)
-        gpu = _host(cb.sketch_dense(sk, 4321, 4821))
+        gpu = _host(cb.sketch_dense(sk._s, 4321, 4821))
         np.testing.assert_allclose(gpu, sk.dense(4321, 4821), rtol=1e-13, atol=1e-15)
 
     @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
@@ -243,7 +244,7 @@ class TestGpuParity:
         offsets = gen.offsets(200, 1, 20)
         rows = gen.rows(int(offsets[-1]), d)
         cpu = post.variance(rows, offsets)
-        gpu = _host(cb.variance(post, _dev(rows), offsets, False, matmul=matmul))
+        gpu = _host(post.variance(_dev(rows), offsets, matmul=matmul))
         np.testing.assert_allclose(gpu, cpu, rtol=rtol)
         # per-structure errors must not all be zero: the option really changed the arithmetic
         assert np.abs(gpu - cpu).max() > 0
@@ -259,7 +260,7 @@ class TestGpuParity:
         with pytest.raises(ntkal.InvalidArgumentError, match="offsets must end at the row count 10"):
             post.variance(_dev(gen.rows(10, 16)), np.array([0, 4, 9]))
         with pytest.raises(ntkal.InvalidArgumentError, match="matmul"):
-            cb.variance(post, _dev(gen.rows(10, 16)), None, False, matmul="fp8")
+            post.variance(_dev(gen.rows(10, 16)), None, matmul="fp8")
 
     def test_variance_on_a_side_stream(self, gen):
         torch = _torch()
@@ -327,7 +328,7 @@ class TestGpuParity:
             chunks.append((_dev(rows), offsets))
             host.append(ntkal.Blocks(rows, offsets))
         done = []
-        idx, pv = cb.shortlist(iter(chunks), None, post, 40, False, progress=done.append)
+        idx, pv = ntkal.shortlist(iter(chunks), None, post, 40, progress=done.append)
         assert done == [500, 501, 501, 1301]
         allb = ntkal.Blocks.concatenate(host)
         exact = _float64_twin(post).variance(allb)
@@ -391,9 +392,9 @@ class TestGpuParity:
         t_off = gen.offsets(80, 1, 6)
         train = gen.rows(int(t_off[-1]), d)
         z_cpu = ntkal.distance_vectors(rows, offsets, seed=5)
-        z_gpu = _host(cb.distance_vectors(_dev(rows), offsets, seed=5))
+        z_gpu = _host(ntkal.distance_vectors(_dev(rows), offsets, seed=5))
         np.testing.assert_allclose(z_gpu, z_cpu, rtol=1e-4, atol=1e-4 * np.abs(z_cpu).max())
-        tz_gpu = _host(cb.distance_vectors(_dev(train), t_off, seed=5))
+        tz_gpu = _host(ntkal.distance_vectors(_dev(train), t_off, seed=5))
         gpu = ntkal.select(_dev(rows), offsets, 20, method="lcmd", train_rows=train, train_offsets=t_off, seed=5,
                            precision="float64")
         # the CPU selection on the GPU's own vectors: float32 rounding of z cannot make them differ
@@ -418,5 +419,5 @@ class TestGpuParity:
         d = 24
         rows, train = gen.rows(300, d), gen.rows(80, d)
         cpu = ntkal.select(rows, None, 10, method="greedy_pv", train_rows=train, noise_var=0.02)
-        gpu = cb.select(_dev(rows), None, 10, "greedy_pv", None, _dev(train), None, 0, noise_var=0.02)
+        gpu = ntkal.select(_dev(rows), None, 10, method="greedy_pv", train_rows=_dev(train), noise_var=0.02)
         np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)

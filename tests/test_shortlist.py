@@ -126,3 +126,32 @@ def test_progress_callback_counts_structures(gen):
     rows, offsets = gen.pool(30, d, 1, 4)
     ntkal.shortlist(_chunks(rows, offsets, [0, 10, 25, 30]), None, post, 5, progress=seen.append)
     assert seen == [10, 25, 30]
+
+
+# ------------------------------------------------------------------------------ kept rows, all PV
+
+def test_return_rows_gives_the_kept_blocks_and_pv_out_every_pv(gen):
+    d = 8
+    train = gen.rows(50, d)
+    rows, offsets = gen.pool(90, d, 1, 5)
+    post = ntkal.Posterior(d, noise_var=0.05).add(train)
+    pv_all = post.variance(rows, offsets)
+    pool = ntkal.Blocks(rows, offsets)
+    for source in ((rows, offsets), [(pool.take(range(i, min(i + 17, 90))), None) for i in range(0, 90, 17)]):
+        pv_out = np.full(90, np.nan)
+        if isinstance(source, tuple):
+            idx, pv, kept = ntkal.shortlist(*source, post, 12, return_rows=True, pv_out=pv_out)
+        else:
+            chunks = [blocks for blocks, _ in source]
+            idx, pv, kept = ntkal.shortlist(iter(chunks), None, post, 12, return_rows=True, pv_out=pv_out)
+        np.testing.assert_array_equal(pv_out, pv_all)
+        expect = pool.take(idx)
+        np.testing.assert_array_equal(kept.rows, expect.rows)
+        np.testing.assert_array_equal(kept.offsets, expect.offsets)
+        np.testing.assert_array_equal(pv, pv_all[idx])
+
+
+def test_pv_out_must_be_a_float64_array(gen):
+    post = ntkal.Posterior(4).add(gen.rows(5, 4))
+    with pytest.raises(ntkal.InvalidArgumentError, match="shortlist: pv_out"):
+        ntkal.shortlist(gen.rows(6, 4), None, post, 2, pv_out=np.zeros(6, np.float32))

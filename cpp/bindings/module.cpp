@@ -6,6 +6,7 @@
 namespace py = pybind11;
 
 void register_errors(py::module_& m);
+void register_options(py::module_& m);
 void register_sketch(py::module_& m);
 void register_posterior(py::module_& m);
 void register_select(py::module_& m);
@@ -15,6 +16,7 @@ void register_cuda(py::module_& m);
 PYBIND11_MODULE(_core, m) {
   m.doc() = "ntkal engine bindings (private; use the ntkal package)";
   register_errors(m);
+  register_options(m);
   register_sketch(m);
   register_posterior(m);
   register_select(m);

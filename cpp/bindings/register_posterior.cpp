@@ -8,12 +8,6 @@ namespace py = pybind11;
 using namespace ntkal;
 using namespace ntkal::bind;
 
-Precision parse_precision(const std::string& p) {
-  if (p == "float32") return Precision::Float32;
-  if (p == "float64") return Precision::Float64;
-  throw InvalidArgument("precision must be 'float32' or 'float64', got '" + p + "'");
-}
-
 static py::array_t<double> square(std::vector<double>&& v, int64_t d) {
   py::array_t<double> out({d, d});
   std::copy(v.begin(), v.end(), out.mutable_data());
@@ -22,9 +16,7 @@ static py::array_t<double> square(std::vector<double>&& v, int64_t d) {
 
 void register_posterior(py::module_& m) {
   py::class_<Posterior>(m, "Posterior")
-      .def(py::init([](int64_t dim, double noise_var, bool scale, const std::string& precision) {
-             return new Posterior(dim, noise_var, scale, parse_precision(precision));
-           }),
+      .def(py::init<int64_t, double, bool, Precision>(),
            py::arg("dim"), py::arg("noise_var"), py::arg("scale"), py::arg("precision"))
       .def("copy", [](const Posterior& p) { return new Posterior(p); })
       .def("add",
@@ -58,10 +50,7 @@ void register_posterior(py::module_& m) {
       .def_property_readonly("dim", &Posterior::dim)
       .def_property_readonly("noise_var", &Posterior::noise_var)
       .def_property_readonly("scale", &Posterior::scale)
-      .def_property_readonly("precision",
-                             [](const Posterior& p) {
-                               return p.precision() == Precision::Float32 ? "float32" : "float64";
-                             })
+      .def_property_readonly("precision", &Posterior::precision)
       .def_property_readonly("n_rows", &Posterior::n_rows)
       .def_property_readonly("n_blocks", &Posterior::n_blocks)
       .def_property_readonly("feature_scale",
@@ -79,5 +68,14 @@ void register_posterior(py::module_& m) {
                                }
                                return square(std::move(l), p.dim());
                              })
-      .def_property_readonly("gram", [](const Posterior& p) { return square(p.gram(), p.dim()); });
+      .def("whitening_operator",
+           [](const Posterior& p) {
+             std::vector<double> m;
+             {
+               py::gil_scoped_release release;
+               m = p.whitening_operator();
+             }
+             return square(std::move(m), p.dim());
+           },
+           "sqrt(c) L^{-1} as float64 (dim, dim), lower triangular: the operator both backends whiten with.");
 }

@@ -9,8 +9,6 @@ namespace py = pybind11;
 using namespace ntkal;
 using namespace ntkal::bind;
 
-Precision parse_precision(const std::string& p);
-
 static py::tuple as_tuple(Selection&& s) {
   return py::make_tuple(to_numpy(std::move(s.indices)), to_numpy(std::move(s.scores)));
 }
@@ -34,8 +32,7 @@ void register_select(py::module_& m) {
                t.result(idx, val);
              }
              return py::make_tuple(to_numpy(std::move(idx)), to_numpy(std::move(val)));
-           })
-      .def_property_readonly("seen", &TopK::seen);
+           });
 
   m.def("select_greedy_pv",
         [](const Posterior& post, const F32& rows, const py::object& offsets, int64_t n) {
@@ -50,15 +47,7 @@ void register_select(py::module_& m) {
         py::arg("posterior"), py::arg("rows"), py::arg("offsets"), py::arg("n"));
 
   m.def("select_by_distance",
-        [](const std::string& method, const F32& x, const py::object& train, int64_t n,
-           const std::string& precision) {
-          DistanceMethod dm;
-          if (method == "lcmd")
-            dm = DistanceMethod::Lcmd;
-          else if (method == "maxdist")
-            dm = DistanceMethod::MaxDist;
-          else
-            throw InvalidArgument("select: unknown distance method '" + method + "'");
+        [](DistanceMethod method, const F32& x, const py::object& train, int64_t n, Precision precision) {
           RowsView xv = rows_view(x, "select");
           RowsView tv{nullptr, 0, xv.dim};
           F32 tarr;
@@ -66,11 +55,10 @@ void register_select(py::module_& m) {
             tarr = train.cast<F32>();
             tv = rows_view(tarr, "select");
           }
-          const Precision p = parse_precision(precision);
           Selection s;
           {
             py::gil_scoped_release release;
-            s = select_by_distance(dm, xv, tv, n, p);
+            s = select_by_distance(method, xv, tv, n, precision);
           }
           return as_tuple(std::move(s));
         },

@@ -7,12 +7,6 @@ namespace py = pybind11;
 using namespace ntkal;
 using namespace ntkal::bind;
 
-static SketchKind parse_kind(const std::string& kind) {
-  if (kind == "gaussian") return SketchKind::Gaussian;
-  if (kind == "sparse_sign") return SketchKind::SparseSign;
-  throw InvalidArgument("Sketch: kind must be 'sparse_sign' or 'gaussian', got '" + kind + "'");
-}
-
 template <class T>
 static void project(const Sketch& s, const py::array_t<T, py::array::c_style>& j, int64_t col_offset, F32& out) {
   if (j.ndim() != 2 || out.ndim() != 2 || out.shape(0) != j.shape(0) || out.shape(1) != s.dim())
@@ -26,9 +20,7 @@ static void project(const Sketch& s, const py::array_t<T, py::array::c_style>& j
 
 void register_sketch(py::module_& m) {
   py::class_<Sketch>(m, "Sketch")
-      .def(py::init([](int64_t n_params, int64_t dim, const std::string& kind, uint64_t seed, int nnz) {
-             return Sketch(n_params, dim, parse_kind(kind), seed, nnz);
-           }),
+      .def(py::init<int64_t, int64_t, SketchKind, uint64_t, int>(),
            py::arg("n_params"), py::arg("dim"), py::arg("kind"), py::arg("seed"), py::arg("nnz"))
       .def("project_f32", &project<float>, py::arg("J"), py::arg("col_offset"), py::arg("out"))
       .def("project_f64", &project<double>, py::arg("J"), py::arg("col_offset"), py::arg("out"))
@@ -45,6 +37,7 @@ void register_sketch(py::module_& m) {
              }
              return out;
            })
+      .def_property_readonly("kind", &Sketch::kind)
       .def_property_readonly("n_params", &Sketch::n_params)
       .def_property_readonly("dim", &Sketch::dim)
       .def_property_readonly("seed", &Sketch::seed)

@@ -6,15 +6,15 @@ Public API: :class:`Sketch`, :class:`Posterior`, :func:`shortlist`, :func:`selec
 from ._loader import _core
 from .acquire import AcquisitionResult, acquire
 from .blocks import Blocks
+from .errors import InvalidArgumentError, NumericalError
 from .info import build_info, get_num_threads, set_num_threads
+from .options import METHODS, STRATEGIES
 from .posterior import Posterior
-from .select import METHODS, Selection, distance_vectors, select
+from .select import Selection, distance_vectors, select
 from .shortlist import shortlist
 from .sketch import Sketch
-from .io import StructureSource, write_structures
+from .structures import StructureSource, write_structures
 
-InvalidArgumentError = _core.InvalidArgumentError
-NumericalError = _core.NumericalError
 __version__ = _core.__version__
 
 
@@ -30,5 +30,5 @@ def __getattr__(name):
 __all__ = [
     "AcquisitionResult", "StructureSource", "acquire", "write_structures",
     "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "Selection", "Sketch",
-    "build_info", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
+    "STRATEGIES", "build_info", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
 ]

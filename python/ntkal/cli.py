@@ -13,9 +13,10 @@ import time
 
 import numpy as np
 
-__all__ = ["main", "build_parser", "demo_structures"]
+from .errors import InvalidArgumentError
+from .options import KERNELS, SKETCH_KINDS, STRATEGIES
 
-KERNELS = ("energy", "force", "joint", "embedding", "last_layer")
+__all__ = ["main", "build_parser"]
 
 
 def _default_workers() -> int:
@@ -46,7 +47,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     g.add_argument("--kernel", default=kernel_default, help=f"one of {', '.join(KERNELS)} (default {kernel_default})")
     g.add_argument("--dim", type=int, default=dim_default, help=f"sketch width d (default {dim_default})")
-    g.add_argument("--sketch", default="sparse_sign", help="sparse_sign or gaussian (default sparse_sign)")
+    g.add_argument("--sketch", default="sparse_sign", help=f"{' or '.join(SKETCH_KINDS)} (default sparse_sign)")
     g.add_argument("--force-rows", type=_force_rows, default=rows_default,
                    help=f"'exact' (3N rows) or k random force combinations (default {rows_default})")
     g.add_argument("--energy-weight", type=float, default=1.0, help="weight of the energy row (default 1)")
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", required=True, help="candidate structures (extxyz or ASE db)")
     p.add_argument("-n", type=int, required=True, help="batch size")
     p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
-    p.add_argument("--strategy", default="pv_lcmd", help="pv_lcmd, greedy_pv, topk or random (default pv_lcmd)")
+    p.add_argument("--strategy", default="pv_lcmd", help=f"one of {', '.join(STRATEGIES)} (default pv_lcmd)")
     p.add_argument("--shortlist", type=int, default=None, help="PV shortlist size (default max(10 n, 100))")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     p.add_argument("--intensive", action="store_true", help="rank by PV per row (mixed structure sizes)")
@@ -94,14 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool-size", type=int, default=240, help="pool structures to generate (default 240)")
     p.add_argument("--train-size", type=int, default=20, help="training structures (300 K frames, default 20)")
     p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
-    p.add_argument("--strategy", default="pv_lcmd", help="pv_lcmd, greedy_pv, topk or random (default pv_lcmd)")
+    p.add_argument("--strategy", default="pv_lcmd", help=f"one of {', '.join(STRATEGIES)} (default pv_lcmd)")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     _add_model_args(p, dim_default=512, rows_default="4")
     return parser
 
 
 def _featurizer(args):
-    from . import InvalidArgumentError
     from .torch import Featurizer, models
 
     if args.model not in models.MODELS:
@@ -121,7 +121,7 @@ def _featurizer(args):
 
 
 def _write_selection(path, pool, result, extra_info=None):
-    from .io import write_structures
+    from .structures import write_structures
 
     chosen = pool.take(result.indices)
     info = [{"ntkal_index": int(i), "ntkal_pv": float(p), "ntkal_score": float(s), "ntkal_rank": r}
@@ -134,7 +134,7 @@ def _write_selection(path, pool, result, extra_info=None):
 
 def cmd_select(args) -> int:
     from .acquire import acquire
-    from .io import StructureSource
+    from .structures import StructureSource
 
     t0 = time.perf_counter()
     featurizer = _featurizer(args)
@@ -153,8 +153,7 @@ def cmd_select(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from . import InvalidArgumentError
-    from .io import StructureSource
+    from .structures import StructureSource
 
     featurizer = _featurizer(args)
     src = StructureSource(args.structures, where="ntkal features", arg="--structures")
@@ -189,72 +188,14 @@ def cmd_features(args) -> int:
     return 0
 
 
-def demo_structures(n_pool: int = 240, n_train: int = 20, seed: int = 0):
-    """Cu and CuAu cells (4 and 8 atoms) from ASE EMT Langevin MD at 300-1500 K.
-
-    Returns
-    -------
-    train : list of ase.Atoms
-        300 K frames of separate trajectories.
-    pool : list of ase.Atoms
-        Frames at 300, 600, 900, 1200 and 1500 K; ``atoms.info`` holds ``temperature_K``,
-        ``emt_energy`` and ``emt_max_force``.
-    """
-    from ase import units
-    from ase.build import bulk
-    from ase.calculators.emt import EMT
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
-
-    import warnings
-
-    rng = np.random.default_rng(seed)
-    temperatures = (300, 600, 900, 1200, 1500)
-
-    def cell(kind: int):
-        atoms = bulk("Cu", "fcc", a=3.61, cubic=True)
-        if kind % 2:
-            atoms = atoms.repeat((2, 1, 1))
-        if kind % 3:  # CuAu: substitute a quarter to a half of the sites
-            sites = rng.choice(len(atoms), size=int(rng.integers(1, len(atoms) // 2 + 1)), replace=False)
-            for s in sites:
-                atoms[int(s)].symbol = "Au"
-        return atoms
-
-    def run(temp: int, n_frames: int, stride: int = 6):
-        atoms = cell(int(rng.integers(6)))
-        atoms.calc = EMT()
-        with warnings.catch_warnings():  # ASE deprecation notices about its own defaults
-            warnings.simplefilter("ignore", (DeprecationWarning, FutureWarning))
-            MaxwellBoltzmannDistribution(atoms, temperature_K=temp, rng=rng)
-            dyn = Langevin(atoms, 4 * units.fs, temperature_K=temp, friction=0.05, rng=rng)
-        dyn.run(20)  # leave the perfect lattice
-        frames = []
-        for _ in range(n_frames):
-            dyn.run(stride)
-            frame = atoms.copy()
-            frame.info.update(temperature_K=temp, emt_energy=float(atoms.get_potential_energy()),
-                              emt_max_force=float(np.abs(atoms.get_forces()).max()))
-            frames.append(frame)
-        return frames
-
-    train = []
-    while len(train) < n_train:
-        train += run(300, 2, stride=15)
-    pool = []
-    per_run = 8
-    while len(pool) < n_pool:
-        for temp in temperatures:
-            pool += run(temp, per_run)
-    return train[:n_train], pool[:n_pool]
-
-
 def cmd_demo(args) -> int:
     from .acquire import acquire
-    from .io import StructureSource
+    from .structures import StructureSource
 
     times = {}
     t = time.perf_counter()
+    from .demo_data import demo_structures
+
     train, pool = demo_structures(args.pool_size, args.train_size, seed=args.seed)
     times["generate pool (EMT MD)"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -293,8 +234,6 @@ def main(argv=None) -> int:
         return 2
     if args.no_progress:
         os.environ["NTKAL_NO_PROGRESS"] = "1"
-    from . import InvalidArgumentError
-
     try:
         return {"select": cmd_select, "features": cmd_features, "demo": cmd_demo}[args.command](args)
     except InvalidArgumentError as exc:

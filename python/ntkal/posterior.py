@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import as_int, as_positive_float, fail, is_device_array, rows_and_offsets
+from . import backends
 from ._loader import _core
-
-PRECISIONS = ("float32", "float64")
+from ._validation import as_int, as_positive_float
+from .errors import fail
+from .options import MATMULS, PRECISIONS, choice, code, name
 
 
 class Posterior:
@@ -33,13 +34,12 @@ class Posterior:
     def __init__(self, dim: int, *, noise_var: float = 1e-3, scale: bool = False, precision: str = "float32"):
         dim = as_int(dim, "Posterior", "dim", low=1)
         noise_var = as_positive_float(noise_var, "Posterior", "noise_var")
-        if precision not in PRECISIONS:
-            fail("Posterior", f"precision must be one of {PRECISIONS}; got {precision!r}")
-        self._p = _core.Posterior(dim, noise_var, bool(scale), precision)
+        choice(precision, PRECISIONS, "Posterior", "precision")
+        self._p = _core.Posterior(dim, noise_var, bool(scale), code(precision, PRECISIONS))
 
     dim = property(lambda self: self._p.dim, doc="Feature dimension d.")
     noise_var = property(lambda self: self._p.noise_var, doc="Noise variance sigma^2.")
-    precision = property(lambda self: self._p.precision, doc="Scoring precision.")
+    precision = property(lambda self: name(self._p.precision, PRECISIONS), doc="Scoring precision.")
     n_rows = property(lambda self: self._p.n_rows, doc="Training rows added so far.")
     n_blocks = property(lambda self: self._p.n_blocks, doc="Training structures added so far.")
     feature_scale = property(lambda self: self._p.feature_scale, doc="Feature scale c (1 unless scale=True).")
@@ -71,41 +71,44 @@ class Posterior:
         Posterior
             ``self``, for chaining.
         """
-        if is_device_array(rows) or is_device_array(offsets):  # A is accumulated on the host in float64
-            from ._cuda_backend import to_host
-
-            rows = to_host(rows, "Posterior.add", "rows")
-            offsets = None if offsets is None else to_host(offsets, "Posterior.add", "offsets")
-        rows, offsets = rows_and_offsets(rows, offsets, "Posterior.add", self.dim)
-        n_blocks = rows.shape[0] if offsets is None else offsets.shape[0] - 1
-        self._p.add(rows, n_blocks)
+        where = "Posterior.add"
+        backend = backends.for_array(rows, where)
+        b = backend.blocks(rows, offsets, where, width=self.dim)
+        self._p.add(backend.host_rows(b), b.n_blocks)  # A is accumulated on the host in float64 (d x d)
         return self
 
-    def variance(self, rows, offsets=None, *, intensive: bool = False) -> np.ndarray:
+    def variance(self, rows, offsets=None, *, intensive: bool = False, matmul: str = "float32"):
         """Posterior variance (trace of the predictive covariance) of each block.
 
         Parameters
         ----------
         rows : array_like, shape (n_rows, dim), or Blocks
-            Feature rows to score.
+            Feature rows to score; a CUDA array (or Blocks on a device) is scored on its device.
         offsets : array_like of int, shape (n + 1,), optional
             Block offsets; ``None`` scores every row on its own.
         intensive : bool
             Divide each block's PV by its row count (per-component variance), so structures of
             different sizes are not ranked by size alone.
+        matmul : {"float32", "tf32", "bf16"}
+            GPU only: arithmetic of the whitening GEMM (tensor cores for tf32 / bf16, ~1e-3 / 1e-2
+            relative error; float32 posteriors only). The CPU always uses float32 / float64.
 
         Returns
         -------
-        ndarray, shape (n,), float64
+        ndarray or CUDA array, shape (n,), float64
+            On the rows' device.
         """
-        if is_device_array(rows):
-            from . import _cuda_backend
-
-            return _cuda_backend.variance(self, rows, offsets, intensive)
-        rows, offsets = rows_and_offsets(rows, offsets, "Posterior.variance", self.dim)
-        return self._p.variance(rows, offsets, bool(intensive))
+        where = "Posterior.variance"
+        choice(matmul, MATMULS, where, "matmul")
+        if matmul != "float32" and self.precision == "float64":
+            fail(where, f"matmul={matmul!r} needs a precision='float32' posterior; this one is float64")
+        backend = backends.for_array(rows, where)
+        b = backend.blocks(rows, offsets, where, width=self.dim)
+        if backend is backends.cpu:
+            return backends.cpu.variance(self._p, b, intensive)
+        return backend.variance(self._p, b, intensive, matmul)
 
     def whiten(self, rows) -> np.ndarray:
-        """Whitened rows ``sqrt(c) L^{-1} phi`` in float64, shape (n_rows, dim)."""
-        rows, _ = rows_and_offsets(rows, None, "Posterior.whiten", self.dim)
-        return self._p.whiten(rows)
+        """Whitened rows ``sqrt(c) L^{-1} phi`` in float64, shape (n_rows, dim) (host rows)."""
+        b = backends.cpu.blocks(rows, None, "Posterior.whiten", width=self.dim)
+        return self._p.whiten(b.rows)

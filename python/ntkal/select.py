@@ -5,11 +5,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._arrays import as_int, as_positive_float, fail, is_device_array, rows_and_offsets
-from ._loader import _core
-from .posterior import PRECISIONS, Posterior
-
-METHODS = ("lcmd", "greedy_pv", "maxdist", "topk", "random")
+from . import backends
+from ._validation import as_int, as_positive_float
+from .errors import fail
+from .options import MATMULS, METHODS, POSTERIOR_METHODS, PRECISIONS, choice
+from .posterior import Posterior
 
 
 @dataclass(frozen=True)
@@ -60,20 +60,18 @@ def distance_vectors(rows, offsets=None, *, dim: int | None = None, seed: int = 
     -------
     ndarray, shape (n, d or dim), float32
     """
-    if is_device_array(rows):
-        from . import _cuda_backend
-
-        return _cuda_backend.distance_vectors(rows, offsets, dim=dim, seed=seed)
-    rows, offsets = rows_and_offsets(rows, offsets, "distance_vectors")
-    if offsets is None or np.all(np.diff(offsets) == 1):
-        return rows
-    dim = rows.shape[1] if dim is None else as_int(dim, "distance_vectors", "dim", low=1)
-    return _core.gram_sketch(rows, offsets, dim, as_int(seed, "distance_vectors", "seed", low=0, high=2**64 - 1))
+    where = "distance_vectors"
+    backend = backends.for_array(rows, where)
+    b = backend.blocks(rows, offsets, where)
+    if b.one_row_each:
+        return backend.array(b)
+    dim = b.dim if dim is None else as_int(dim, where, "dim", low=1)
+    return backend.array(backend.gram_sketch(b, dim, as_int(seed, where, "seed", low=0, high=2**64 - 1)))
 
 
 def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior | None = None,
            train_rows=None, train_offsets=None, seed: int = 0, noise_var: float = 1e-3,
-           precision: str = "float32") -> Selection:
+           precision: str = "float32", matmul: str = "float32") -> Selection:
     """Select ``n`` candidate structures.
 
     Parameters
@@ -100,64 +98,59 @@ def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior 
         Noise variance when the posterior is built here.
     precision : {"float32", "float64"}
         Arithmetic of the distance initialisation GEMM (lcmd, maxdist) and of a posterior built here.
+    matmul : {"float32", "tf32", "bf16"}
+        GPU scoring arithmetic for topk / random scores (see :meth:`Posterior.variance`).
 
     Returns
     -------
     Selection
     """
     where = "select"
-    if method not in METHODS:
-        fail(where, f"method must be one of {METHODS}; got {method!r}")
-    if precision not in PRECISIONS:
-        fail(where, f"precision must be one of {PRECISIONS}; got {precision!r}")
+    choice(method, METHODS, where, "method")
+    choice(precision, PRECISIONS, where, "precision")
+    choice(matmul, MATMULS, where, "matmul")
     seed = as_int(seed, where, "seed", low=0, high=2**64 - 1)
-    if is_device_array(rows):
-        from . import _cuda_backend
-
-        return _cuda_backend.select(rows, offsets, n, method, posterior, train_rows, train_offsets, seed,
-                                    noise_var=noise_var, precision=precision)
-    rows, offsets = rows_and_offsets(rows, offsets, where)
-    n_pool = rows.shape[0] if offsets is None else offsets.shape[0] - 1
-    n = as_int(n, where, "n", low=0, high=n_pool)
-    dim = rows.shape[1]
-    has_train = train_rows is not None
-    if has_train:
-        train_rows, train_offsets = rows_and_offsets(train_rows, train_offsets, where, dim,
-                                                     names=("train_rows", "train_offsets"))
+    backend = backends.for_array(rows, where)
+    b = backend.blocks(rows, offsets, where)
+    n = as_int(n, where, "n", low=0, high=b.n_blocks)
+    train = None
+    if train_rows is not None:
+        train = backend.blocks(train_rows, train_offsets, where, width=b.dim, names=("train_rows", "train_offsets"),
+                               like=b)
     elif train_offsets is not None:
         fail(where, "train_offsets given without train_rows")
 
     if posterior is not None:
         if not isinstance(posterior, Posterior):
             fail(where, f"posterior must be an ntkal.Posterior; got {type(posterior).__name__}")
-        if posterior.dim != dim:
-            fail(where, f"posterior.dim must equal the feature width {dim}; got {posterior.dim}")
-    elif method in ("greedy_pv", "topk"):
-        posterior = Posterior(dim, noise_var=as_positive_float(noise_var, where, "noise_var"), precision=precision)
-        if has_train:
-            posterior.add(train_rows, train_offsets)
+        if posterior.dim != b.dim:
+            fail(where, f"posterior.dim must equal the feature width {b.dim}; got {posterior.dim}")
+    elif method in POSTERIOR_METHODS:
+        posterior = Posterior(b.dim, noise_var=as_positive_float(noise_var, where, "noise_var"), precision=precision)
+        if train is not None:  # A is accumulated on the host in float64 (training sets are small)
+            posterior._p.add(backend.host_rows(train), train.n_blocks)
 
     if method == "greedy_pv":
-        idx, scores = _core.select_greedy_pv(posterior._p, rows, offsets, n)
+        idx, scores = backend.greedy_pv(posterior._p, b, n)
     elif method == "topk":
-        top = _core.TopK(n)
-        top.push(posterior._p.variance(rows, offsets, False), 0)
-        idx, scores = top.result()
+        idx, scores = backend.top_k(backend.variance(posterior._p, b, False, matmul), n)
     elif method == "random":
-        idx = np.random.default_rng(seed).choice(n_pool, size=n, replace=False).astype(np.int64)
+        idx = backend.from_host(np.random.default_rng(seed).choice(b.n_blocks, size=n, replace=False).astype(np.int64),
+                                b)
         if posterior is not None:
-            scores = posterior._p.variance(rows, offsets, False)[idx]
+            scores = backend.take(backend.variance(posterior._p, b, False, matmul), idx)
         else:
-            scores = np.full(n, np.nan)
-    else:
-        multi = (offsets is not None and np.any(np.diff(offsets) != 1)) or (
-            has_train and train_offsets is not None and np.any(np.diff(train_offsets) != 1))
+            scores = backend.full(n, float("nan"), b)
+    else:  # DISTANCE_METHODS
+        multi = not b.one_row_each or (train is not None and not train.one_row_each)
         if multi:  # one Gram-sketch vector per structure, same sketch for pool and train
-            vecs = _core.gram_sketch(rows, offsets, dim, seed)
-            tvecs = _core.gram_sketch(train_rows, train_offsets, dim, seed) if has_train else None
+            vecs = backend.gram_sketch(b, b.dim, seed)
+            tvecs = backend.gram_sketch(train, b.dim, seed) if train is not None else None
         else:
-            vecs, tvecs = rows, (train_rows if has_train else None)
-        if tvecs is not None and tvecs.shape[0] == 0:
+            vecs, tvecs = b, train
+        if tvecs is not None and tvecs.n_blocks == 0:
             tvecs = None
-        idx, scores = _core.select_by_distance(method, vecs, tvecs, n, precision)
-    return Selection(np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64), method)
+        idx, scores = backend.select_by_distance(method, vecs, tvecs, n, precision)
+    if backend is backends.cpu:
+        idx, scores = np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    return Selection(idx, scores, method)

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._arrays import as_float_array, as_int, fail, is_device_array
+from . import backends
 from ._loader import _core
-
-SKETCH_KINDS = ("sparse_sign", "gaussian")
+from ._validation import as_int
+from .options import SKETCH_KINDS, choice, code
 
 
 class Sketch:
@@ -34,12 +34,11 @@ class Sketch:
     def __init__(self, n_params: int, dim: int, *, kind: str = "sparse_sign", seed: int = 0, nnz: int = 4):
         n_params = as_int(n_params, "Sketch", "n_params", low=1)
         dim = as_int(dim, "Sketch", "dim", low=1)
-        if kind not in SKETCH_KINDS:
-            fail("Sketch", f"kind must be one of {SKETCH_KINDS}; got {kind!r}")
+        choice(kind, SKETCH_KINDS, "Sketch", "kind")
         seed = as_int(seed, "Sketch", "seed", low=0, high=2**64 - 1)
         nnz = as_int(nnz, "Sketch", "nnz", low=1, high=dim) if kind == "sparse_sign" else int(nnz)
         self.kind = kind
-        self._s = _core.Sketch(n_params, dim, kind, seed, nnz)
+        self._s = _core.Sketch(n_params, dim, code(kind, SKETCH_KINDS), seed, nnz)
 
     n_params = property(lambda self: self._s.n_params, doc="Number of parameters P.")
     dim = property(lambda self: self._s.dim, doc="Feature dimension d.")
@@ -66,26 +65,10 @@ class Sketch:
         -------
         ndarray, shape (m, dim), float32
         """
-        if is_device_array(J):
-            from . import _cuda_backend
-
-            return _cuda_backend.project(self, J, col_offset, out)
-        J = as_float_array(J, "Sketch.project", "J", ndim=2, dtypes=(np.float32, np.float64))
-        col_offset = as_int(col_offset, "Sketch.project", "col_offset", low=0)
-        if col_offset + J.shape[1] > self.n_params:
-            fail("Sketch.project", f"col_offset + J.shape[1] must be <= n_params={self.n_params}; "
-                                   f"got {col_offset} + {J.shape[1]}")
-        if out is None:
-            out = np.zeros((J.shape[0], self.dim), dtype=np.float32)
-        elif not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.flags.c_contiguous
-                  and out.shape == (J.shape[0], self.dim)):
-            got = f"{type(out).__name__} {getattr(out, 'shape', '')} {getattr(out, 'dtype', '')}"
-            fail("Sketch.project", f"out must be a C-contiguous float32 ndarray of shape ({J.shape[0]}, {self.dim}); got {got}")
-        if J.dtype == np.float32:
-            self._s.project_f32(J, col_offset, out)
-        else:
-            self._s.project_f64(J, col_offset, out)
-        return out
+        where = "Sketch.project"
+        col_offset = as_int(col_offset, where, "col_offset", low=0)
+        backend = backends.for_array(J, where)
+        return backend.project(self._s, J, col_offset, out, where)
 
     def dense(self, p_begin: int = 0, p_end: int | None = None) -> np.ndarray:
         """Explicit rows ``S[p_begin:p_end]``, shape (p_end - p_begin, dim), float64 (tests, small models)."""

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 
 import numpy as np
 import torch
 
-from ._errors import invalid
+from ..blocks import Blocks
+from ..options import KERNELS, KERNELS_WITH_ENERGY_ROW, KERNELS_WITHOUT_FORCE_ROWS, SKETCH_KINDS, choice
+from ..progress import bar as progress_bar
+from ..sketch import Sketch
+from ..errors import InvalidArgumentError
 from .functional import FunctionalModel
 from .jacobian import RowSpec, chunk_plan, iter_row_batches
 
 __all__ = ["Featurizer", "KERNELS"]
 
-KERNELS = ("energy", "force", "joint", "embedding", "last_layer")
-SKETCH_KINDS = ("sparse_sign", "gaussian")
 
 
 class Featurizer:
@@ -68,34 +68,32 @@ class Featurizer:
                  progress: bool = False):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
-            raise invalid(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
-        if kernel not in KERNELS:
-            raise invalid(f"{where}: kernel must be one of {KERNELS}; got {kernel!r}")
-        if sketch not in SKETCH_KINDS:
-            raise invalid(f"{where}: sketch must be one of {SKETCH_KINDS}; got {sketch!r}")
+            raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
+        choice(kernel, KERNELS, where, "kernel")
+        choice(sketch, SKETCH_KINDS, where, "sketch")
         for name, value, low in (("dim", dim, 1), ("chunk_size", chunk_size, 1), ("row_batch", row_batch, 1),
                                  ("workers", workers, 1), ("nnz", nnz, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise invalid(f"{where}: {name} must be an integer >= {low}; got {value!r}")
+                raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}; got {value!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-            raise invalid(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
+            raise InvalidArgumentError(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
         if force_rows != "exact":
             if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
-                raise invalid(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
-            if kernel in ("energy", "embedding"):
-                raise invalid(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
+                raise InvalidArgumentError(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
+            if kernel in KERNELS_WITHOUT_FORCE_ROWS:
+                raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
                               "(it has no force rows); use kernel='force' or 'joint'")
         for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
-                raise invalid(f"{where}: {name} must be a finite number > 0; got {value!r}")
+                raise InvalidArgumentError(f"{where}: {name} must be a finite number > 0; got {value!r}")
         if kernel == "embedding" and params not in (None, "all"):
-            raise invalid(f"{where}: params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
+            raise InvalidArgumentError(f"{where}: params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
         if kernel == "last_layer":
             if params not in (None, "readout"):
-                raise invalid(f"{where}: kernel='last_layer' fixes params='readout'; got params={params!r}")
+                raise InvalidArgumentError(f"{where}: kernel='last_layer' fixes params='readout'; got params={params!r}")
             params = "readout"
         if kernel == "embedding" and model.embedding_fn is None:
-            raise invalid(f"{where}: kernel='embedding' needs a model with embedding_fn; {model.name!r} has none")
+            raise InvalidArgumentError(f"{where}: kernel='embedding' needs a model with embedding_fn; {model.name!r} has none")
 
         self.base_model = model
         self.model = model.select("all" if params is None else params)
@@ -116,7 +114,7 @@ class Featurizer:
         self._sketch = None
         self._plan = None
         self.rowspec = None if kernel == "embedding" else RowSpec(
-            energy=kernel in ("energy", "joint", "last_layer"),
+            energy=kernel in KERNELS_WITH_ENERGY_ROW,
             force=None if kernel == "energy" else self.force_rows,
             energy_weight=self.energy_weight, force_weight=self.force_weight, seed=self.seed)
 
@@ -131,7 +129,7 @@ class Featurizer:
         """Feature width: ``dim``, or the model's embedding width for the embedding kernel."""
         if self.kernel == "embedding":
             if self.model.embedding_dim is None:
-                raise invalid("Featurizer.dim: the embedding width is unknown until a structure is featurized")
+                raise InvalidArgumentError("Featurizer.dim: the embedding width is unknown until a structure is featurized")
             return int(self.model.embedding_dim)
         return self._dim
 
@@ -139,9 +137,7 @@ class Featurizer:
     def sketch(self):
         """The :class:`ntkal.Sketch` (n_params x dim) the rows are projected with."""
         if self._sketch is None:
-            import ntkal
-
-            self._sketch = ntkal.Sketch(self.n_params, self._dim, kind=self.sketch_kind, seed=self.seed, nnz=self.nnz)
+            self._sketch = Sketch(self.n_params, self._dim, kind=self.sketch_kind, seed=self.seed, nnz=self.nnz)
         return self._sketch
 
     def n_rows(self, atoms) -> int:
@@ -196,8 +192,9 @@ class Featurizer:
                     out[first:first + g.shape[0], cols[t]:cols[t + 1]] = g.reshape(g.shape[0], -1).cpu().numpy()
         return out
 
-    def features(self, atoms) -> np.ndarray:
-        """Sketched rows of one structure, shape (m, dim), float32.
+    def features(self, atoms):
+        """Sketched rows of one structure, shape (m, dim), float32 (a tensor on the model's device
+        when that is a GPU, else an ndarray).
 
         Rows stream into the sketch ``row_batch`` rows x ``chunk_size`` parameters at a time;
         no P x dim matrix and no m x P Jacobian is formed.
@@ -208,11 +205,17 @@ class Featurizer:
                 return self._embedding_row(atoms).astype(np.float32)
             return self._features(atoms)
 
-    def _features(self, atoms) -> np.ndarray:
+    def _keeps_device(self) -> bool:
+        """Jacobian rows on a GPU are projected there (``ntkal.Sketch`` on CUDA arrays): no host copy."""
+        return self.model.device.type != "cpu"
+
+    def _features(self, atoms):
         sketch = self.sketch
         if self._plan is None:
             self._plan = chunk_plan(self.model.sizes, self.chunk_size)
-        out = np.zeros((self.n_rows(atoms), self._dim), dtype=np.float32)
+        shape = (self.n_rows(atoms), self._dim)
+        out = (torch.zeros(shape, dtype=torch.float32, device=self.model.device) if self._keeps_device()
+               else np.zeros(shape, dtype=np.float32))
         for first, grads in iter_row_batches(self.model, atoms, self.rowspec, row_batch=self.row_batch):
             b = next(g.shape[0] for g in grads if g is not None) if any(g is not None for g in grads) else 0
             if b == 0:
@@ -245,11 +248,9 @@ class Featurizer:
         ntkal.Blocks
             Block i holds the (m_i, dim) float32 features of ``structures[i]``.
         """
-        import ntkal
-
         structures = list(structures)
         if not structures:
-            raise invalid("Featurizer: structures must hold at least one ase.Atoms; got an empty list")
+            raise InvalidArgumentError("Featurizer: structures must hold at least one ase.Atoms; got an empty list")
         for i, atoms in enumerate(structures):
             self._check(atoms, "Featurizer", f"structures[{i}]")
         show = self.progress if progress is None else progress
@@ -258,7 +259,7 @@ class Featurizer:
 
             blocks = map_features(self, structures, self.workers, progress=show, desc=desc)
         else:
-            bar = _bar(len(structures), show, desc)
+            bar = progress_bar(len(structures), show, desc)
             blocks = []
             for atoms in structures:
                 blocks.append(self.features(atoms))
@@ -266,7 +267,7 @@ class Featurizer:
             bar.close()
         if self.kernel == "embedding" and self.model.embedding_dim is None:
             self.model.embedding_dim = int(blocks[0].shape[1])  # found in a worker process
-        return ntkal.Blocks.from_list(blocks)
+        return Blocks.from_list(blocks)
 
 
 def _project_pieces(sketch, flat, col0, pieces, target) -> None:
@@ -286,8 +287,11 @@ def _project_pieces(sketch, flat, col0, pieces, target) -> None:
 
 
 def _project_run(sketch, run, col_offset, target) -> None:
-    J = run[0] if len(run) == 1 else torch.cat(run, dim=1)
-    sketch.project(np.ascontiguousarray(J.detach().cpu().numpy()), col_offset=col_offset, out=target)
+    J = (run[0] if len(run) == 1 else torch.cat(run, dim=1)).detach()
+    if isinstance(target, np.ndarray):
+        sketch.project(np.ascontiguousarray(J.cpu().numpy()), col_offset=col_offset, out=target)
+    else:  # rows and accumulator on the model's device
+        sketch.project(J, col_offset=col_offset, out=target)
 
 
 class _TorchThreads:
@@ -304,20 +308,3 @@ class _TorchThreads:
     def __exit__(self, *exc):
         if self.saved is not None:
             torch.set_num_threads(self.saved)
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def _bar(total: int, show: bool, desc: str):
-    if not show:
-        return _NoBar()
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, file=sys.stderr, unit="struct", dynamic_ncols=True,
-                disable=os.environ.get("NTKAL_NO_PROGRESS") == "1")

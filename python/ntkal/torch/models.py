@@ -13,7 +13,7 @@ import os
 import numpy as np
 import torch
 
-from ._errors import invalid
+from ..errors import InvalidArgumentError
 from .functional import FunctionalModel
 
 __all__ = ["MODELS", "load", "chgnet", "sevennet", "toy"]
@@ -67,7 +67,7 @@ def toy(*, species=(1, 6, 8, 29, 79), hidden: int = 6, n_radial: int = 5, cutoff
         # The neighbour list depends on atoms only; cache it (finite differences call E many times).
         from ase.neighborlist import neighbor_list
 
-        from ..io import structure_digest
+        from ..structures import structure_digest
 
         key = structure_digest(atoms)
         if key not in pairs_cache:
@@ -112,11 +112,11 @@ CHGNET_READOUT = ("readout_norm.*", "mlp.*")
 def _load_checkpoint(path: str, where: str):
     """``torch.load(weights_only=True)`` with a clear error for a missing or corrupt file."""
     if not os.path.isfile(path):
-        raise invalid(f"{where}: checkpoint file not found: {path}")
+        raise InvalidArgumentError(f"{where}: checkpoint file not found: {path}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file or one that needs arbitrary unpickling
-        raise invalid(f"{where}: checkpoint {path} could not be loaded with weights_only=True: "
+        raise InvalidArgumentError(f"{where}: checkpoint {path} could not be loaded with weights_only=True: "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
 
 
@@ -156,12 +156,12 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
         import chgnet as chgnet_pkg
         from chgnet.model import CHGNet
     except ImportError as exc:
-        raise invalid("ntkal.torch.models.chgnet: the chgnet package is not installed "
+        raise InvalidArgumentError("ntkal.torch.models.chgnet: the chgnet package is not installed "
                       "(pip install 'torch==2.13.0' 'chgnet==0.4.2')") from exc
     name = f"chgnet-{version}" if checkpoint is None else f"chgnet:{os.path.basename(str(checkpoint))}"
     if checkpoint is None:
         if version not in _CHGNET_CHECKPOINTS:
-            raise invalid(f"ntkal.torch.models.chgnet: version must be one of {sorted(_CHGNET_CHECKPOINTS)}; got {version!r}")
+            raise InvalidArgumentError(f"ntkal.torch.models.chgnet: version must be one of {sorted(_CHGNET_CHECKPOINTS)}; got {version!r}")
         checkpoint = os.path.join(os.path.dirname(chgnet_pkg.__file__), _CHGNET_CHECKPOINTS[version])
     state = _load_checkpoint(str(checkpoint), "ntkal.torch.models.chgnet")
     try:
@@ -169,7 +169,7 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
             net = CHGNet.from_dict(model_state, mlp_out_bias=version == "0.2.0", version=version)
     except Exception as exc:
-        raise invalid(f"ntkal.torch.models.chgnet: checkpoint {checkpoint} is not a CHGNet checkpoint: "
+        raise InvalidArgumentError(f"ntkal.torch.models.chgnet: checkpoint {checkpoint} is not a CHGNet checkpoint: "
                       f"{type(exc).__name__}: {exc}") from exc
     net = net.to(device).eval()
     from pymatgen.core import Lattice, Structure
@@ -184,7 +184,7 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
     def graph_of(atoms):
         # The graph depends on atoms only: reuse it for repeated calls on one structure
         # (finite differences, torch.func transforms, which must not build it inside).
-        from ..io import structure_digest
+        from ..structures import structure_digest
 
         key = structure_digest(atoms)
         if key not in graph_cache:
@@ -198,7 +198,7 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
         elif not any(atoms.pbc):
             cell = _molecule_box(atoms, cutoff)
         else:
-            raise invalid(f"ntkal.torch.models.chgnet: atoms.pbc must be all True or all False; got {atoms.pbc.tolist()}")
+            raise InvalidArgumentError(f"ntkal.torch.models.chgnet: atoms.pbc must be all True or all False; got {atoms.pbc.tolist()}")
         structure = Structure(Lattice(cell), atoms.get_chemical_symbols(), atoms.get_positions(),
                               coords_are_cartesian=True, to_unit_cell=False)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -275,18 +275,18 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
         from sevenn.checkpoint import SevenNetCheckpoint
         from sevenn.train.dataload import unlabeled_atoms_to_graph
     except ImportError as exc:
-        raise invalid(f"{where}: the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')") from exc
+        raise InvalidArgumentError(f"{where}: the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')") from exc
     name = "sevennet-0" if checkpoint is None else f"sevennet:{os.path.basename(str(checkpoint))}"
     if checkpoint is None:
         checkpoint = os.path.join(os.path.dirname(sevenn.__file__), _SEVENNET_CHECKPOINT)
     checkpoint = str(checkpoint)
     if not os.path.isfile(checkpoint):
-        raise invalid(f"{where}: checkpoint file not found: {checkpoint}")
+        raise InvalidArgumentError(f"{where}: checkpoint file not found: {checkpoint}")
     try:
         with torch.serialization.safe_globals(_sevennet_safe_globals()):
             state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise invalid(f"{where}: checkpoint {checkpoint} could not be loaded with weights_only=True: "
+        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} could not be loaded with weights_only=True: "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
     try:
         import warnings
@@ -305,7 +305,7 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
             warnings.simplefilter("ignore")
             net = cp.build_model()
     except Exception as exc:
-        raise invalid(f"{where}: checkpoint {checkpoint} is not a SevenNet checkpoint: {type(exc).__name__}: {exc}") from exc
+        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} is not a SevenNet checkpoint: {type(exc).__name__}: {exc}") from exc
     net.set_is_batch_data(False)
     net.delete_module_by_key("force_output")  # we differentiate the energy ourselves
     net = net.to(device).eval()
@@ -314,7 +314,7 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
     graph_cache: dict = {}
 
     def graph_of(atoms):
-        from ..io import structure_digest
+        from ..structures import structure_digest
 
         key = structure_digest(atoms)
         if key not in graph_cache:
@@ -368,5 +368,5 @@ MODELS = {"chgnet": chgnet, "sevennet": sevennet, "toy": toy}
 def load(name: str, **kwargs) -> FunctionalModel:
     """A model by name (``"chgnet"``, ``"sevennet"``, ``"toy"``)."""
     if name not in MODELS:
-        raise invalid(f"ntkal.torch.models.load: model must be one of {sorted(MODELS)}; got {name!r}")
+        raise InvalidArgumentError(f"ntkal.torch.models.load: model must be one of {sorted(MODELS)}; got {name!r}")
     return MODELS[name](**kwargs)

@@ -12,6 +12,8 @@ import multiprocessing as mp
 
 import numpy as np
 
+from ..progress import bar as progress_bar
+
 __all__ = ["map_features"]
 
 _FEATURIZER = None
@@ -42,11 +44,9 @@ def map_features(featurizer, structures, workers: int, *, progress: bool = False
     -------
     list of ndarray (m_i, dim) float32, in input order.
     """
-    from .featurizer import _bar
-
     workers = max(1, min(int(workers), len(structures)))
     ctx = mp.get_context("fork")
-    bar = _bar(len(structures), progress, desc)
+    bar = progress_bar(len(structures), progress, desc)
     out = []
     with ctx.Pool(workers, initializer=_init_worker, initargs=(featurizer,)) as pool:
         for rows in pool.imap(_features, structures, chunksize=1):

@@ -1,27 +1,14 @@
-"""Input normalisation shared by the public API: every array check lives here so that errors are
-uniform ("function: argument must be ...; got ...")."""
+"""Host-array validation shared by the public API: every check of a NumPy/CPU input lives here, so
+errors are uniform ("function: argument must be ...; got ...")."""
 from __future__ import annotations
 
 import numbers
 
 import numpy as np
 
+from ._device import is_device_array
 from ._loader import _core
-
-InvalidArgumentError = _core.InvalidArgumentError
-
-
-def fail(where: str, message: str):
-    raise InvalidArgumentError(f"{where}: {message}")
-
-
-def is_device_array(x) -> bool:
-    """True for CUDA arrays (CuPy, PyTorch CUDA tensors, __cuda_array_interface__ or CUDA DLPack)."""
-    if isinstance(x, np.ndarray):
-        return False
-    from ._cuda_backend import is_device_array as on_device
-
-    return on_device(x)
+from .errors import fail
 
 
 def _to_numpy(x, where: str, name: str):
@@ -96,10 +83,10 @@ def as_int(x, where: str, name: str, *, low: int | None = None, high: int | None
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
         fail(where, f"{name} must be an integer; got {x!r}")
     x = int(x)
-    if low is not None and x < low:
-        fail(where, f"{name} must be >= {low}; got {x}")
-    if high is not None and x > high:
-        fail(where, f"{name} must be <= {high}; got {x}")
+    if (low is not None and x < low) or (high is not None and x > high):
+        if low is not None and high is not None:
+            fail(where, f"{name} must be in [{low}, {high}]; got {x}")
+        fail(where, f"{name} must be {'>= ' + str(low) if low is not None else '<= ' + str(high)}; got {x}")
     return x
 
 
@@ -111,15 +98,3 @@ def as_positive_float(x, where: str, name: str) -> float:
     if not np.isfinite(v) or v <= 0:
         fail(where, f"{name} must be a positive finite number; got {x!r}")
     return v
-
-
-def rows_and_offsets(rows, offsets, where: str, width: int | None = None, names=("rows", "offsets")):
-    """Accept (rows, offsets) or a Blocks object in place of rows (offsets then None)."""
-    from .blocks import Blocks
-
-    if isinstance(rows, Blocks):
-        if offsets is not None:
-            fail(where, f"pass either a Blocks object or ({names[0]}, {names[1]}), not both")
-        rows, offsets = rows.rows, rows.offsets
-    r = as_rows(rows, where, names[0], width)
-    return r, as_offsets(offsets, r.shape[0], where, names[1])

@@ -12,7 +12,6 @@
 #include <string>
 #include <vector>
 
-#include "blas.hpp"
 #include "select.hpp"
 #include "nearest_centre.hpp"
 #include "topk.hpp"
@@ -81,14 +80,23 @@ struct CentreState {
     centre_of.push_back(s);
     sum.push_back(0.0);
     radius2.push_back(0.0);
-    std::vector<int64_t> to_scan;
+    // Every member of every reachable cluster in one flat list, so the exact distances run in one
+    // parallel loop (clusters are often small: 10^4 train centres for 10^5 candidates); the
+    // updates below then walk the list in cluster order, as a sequential scan would.
+    std::vector<int64_t> to_scan, flat, first{0};
     for (int64_t a = 0; a < n_old; ++a)
-      if (scan[a]) to_scan.push_back(a);
-    for (int64_t a : to_scan) {
+      if (scan[a]) {
+        to_scan.push_back(a);
+        flat.insert(flat.end(), members[a].begin(), members[a].end());
+        first.push_back(static_cast<int64_t>(flat.size()));
+      }
+    std::vector<double> dist2(flat.size());
+#pragma omp parallel for schedule(static) if (flat.size() > 256)
+    for (int64_t k = 0; k < static_cast<int64_t>(flat.size()); ++k) dist2[k] = sqdist(xs, x.row(flat[k]), e);
+    for (size_t t = 0; t < to_scan.size(); ++t) {
+      const int64_t a = to_scan[t];
       auto& mem = members[a];
-      std::vector<double> d2(mem.size());
-#pragma omp parallel for schedule(static) if (mem.size() > 64)
-      for (int64_t k = 0; k < static_cast<int64_t>(mem.size()); ++k) d2[k] = sqdist(xs, x.row(mem[k]), e);
+      const double* d2 = dist2.data() + first[t];
       size_t keep = 0;
       for (size_t k = 0; k < mem.size(); ++k) {
         const int64_t c = mem[k];

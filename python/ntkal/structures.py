@@ -12,16 +12,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InvalidArgumentError
+
 __all__ = ["StructureSource", "structure_digest", "write_structures"]
 
 DB_SUFFIXES = (".db", ".json", ".aselmdb")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
-
-
-def _invalid(message: str) -> Exception:
-    from . import InvalidArgumentError
-
-    return InvalidArgumentError(message)
 
 
 def structure_digest(atoms) -> bytes:
@@ -36,11 +32,11 @@ def structure_digest(atoms) -> bytes:
 
 def _check(atoms, where: str, arg: str, index: int) -> None:
     if not hasattr(atoms, "get_positions") or not hasattr(atoms, "numbers"):
-        raise _invalid(f"{where}: {arg}[{index}] must be an ase.Atoms; got {type(atoms).__name__}")
+        raise InvalidArgumentError(f"{where}: {arg}[{index}] must be an ase.Atoms; got {type(atoms).__name__}")
     if len(atoms) == 0:
-        raise _invalid(f"{where}: {arg}[{index}] must contain at least one atom; got an empty structure")
+        raise InvalidArgumentError(f"{where}: {arg}[{index}] must contain at least one atom; got an empty structure")
     if not np.all(np.isfinite(atoms.get_positions())):
-        raise _invalid(f"{where}: {arg}[{index}] positions must be finite; got NaN or inf")
+        raise InvalidArgumentError(f"{where}: {arg}[{index}] positions must be finite; got NaN or inf")
 
 
 class StructureSource:
@@ -61,14 +57,14 @@ class StructureSource:
         Number of structures (files are scanned once, without building Atoms for extxyz).
     """
 
-    def __init__(self, source, *, where: str = "ntkal.io", arg: str = "structures"):
+    def __init__(self, source, *, where: str = "ntkal.structures", arg: str = "structures"):
         self.where, self.arg = where, arg
         self.path = None
         self._atoms = None
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
-                raise _invalid(f"{where}: {arg} file not found: {str(path)!r}")
+                raise InvalidArgumentError(f"{where}: {arg} file not found: {str(path)!r}")
             self.path = str(path.resolve())
             self.kind = "db" if path.suffix.lower() in DB_SUFFIXES else "file"
             self.count = self._count()
@@ -79,7 +75,7 @@ class StructureSource:
             self.kind = "list"
             self.count = len(self._atoms)
         else:
-            raise _invalid(f"{where}: {arg} must be a list of ase.Atoms or a file path; got {type(source).__name__}")
+            raise InvalidArgumentError(f"{where}: {arg} must be a list of ase.Atoms or a file path; got {type(source).__name__}")
 
     def __len__(self) -> int:
         return self.count
@@ -96,7 +92,7 @@ class StructureSource:
                 with ase.db.connect(self.path) as db:
                     return db.count()
             except Exception as exc:
-                raise _invalid(f"{self.where}: {self.arg} {self.path!r} is not a readable ASE database: {exc}") from exc
+                raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} is not a readable ASE database: {exc}") from exc
         if self.path.lower().endswith(XYZ_SUFFIXES):
             return _count_xyz(self.path, self.where, self.arg)
         n = 0
@@ -115,7 +111,7 @@ class StructureSource:
                 yield atoms
                 position += 1
         except Exception as exc:
-            raise _invalid(f"{self.where}: {self.arg} {self.path!r} could not be read at structure {position}: "
+            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} could not be read at structure {position}: "
                            f"{type(exc).__name__}: {exc}") from exc
 
     def _iter_db(self, start: int, stop: int | None) -> Iterator:
@@ -128,7 +124,7 @@ class StructureSource:
                     atoms = row.toatoms(add_additional_information=False)
                     yield atoms
         except Exception as exc:
-            raise _invalid(f"{self.where}: {self.arg} {self.path!r} could not be read: {type(exc).__name__}: {exc}") from exc
+            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} could not be read: {type(exc).__name__}: {exc}") from exc
 
     def read(self, start: int = 0, stop: int | None = None) -> list:
         """Structures ``start:stop`` as a list of ase.Atoms (checked)."""
@@ -140,7 +136,7 @@ class StructureSource:
         else:
             out = list(self._iter_file(start, stop))
         if len(out) != stop - start:
-            raise _invalid(f"{self.where}: {self.arg} {self.describe()!r} yielded {len(out)} structures for "
+            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.describe()!r} yielded {len(out)} structures for "
                            f"[{start}, {stop}); the file changed or is corrupt")
         for i, atoms in enumerate(out):
             _check(atoms, self.where, self.arg, start + i)
@@ -179,7 +175,7 @@ class StructureSource:
         if buf:
             yield start, buf
         if start + len(buf) != self.count:
-            raise _invalid(f"{self.where}: {self.arg} {self.describe()!r} yielded {start + len(buf)} structures, "
+            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.describe()!r} yielded {start + len(buf)} structures, "
                            f"expected {self.count}; the file changed while reading")
 
 
@@ -198,11 +194,11 @@ def _count_xyz(path: str, where: str, arg: str) -> int:
             try:
                 natoms = int(head.split()[0])
             except ValueError:
-                raise _invalid(f"{where}: {arg} {path!r} is not an extended XYZ file: line {line_no} should "
+                raise InvalidArgumentError(f"{where}: {arg} {path!r} is not an extended XYZ file: line {line_no} should "
                                f"hold an atom count; got {head[:60]!r}") from None
             for _ in range(natoms + 1):
                 if not fh.readline():
-                    raise _invalid(f"{where}: {arg} {path!r} is truncated: frame {n} announces {natoms} atoms")
+                    raise InvalidArgumentError(f"{where}: {arg} {path!r} is truncated: frame {n} announces {natoms} atoms")
                 line_no += 1
             n += 1
     return n

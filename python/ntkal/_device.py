@@ -1,0 +1,18 @@
+"""Is an array in CUDA device memory? (No backend needed to answer.)"""
+from __future__ import annotations
+
+_DLPACK_CUDA = (2, 13)  # kDLCUDA, kDLCUDAManaged
+
+
+def is_device_array(x) -> bool:
+    """True for arrays in CUDA device memory: PyTorch CUDA tensors, CuPy arrays, and any object with
+    ``__cuda_array_interface__`` or a CUDA ``__dlpack_device__``. Never raises."""
+    try:
+        if type(x).__module__.startswith("torch"):
+            return bool(getattr(x, "is_cuda", False))
+        if hasattr(x, "__cuda_array_interface__"):
+            return True
+        dev = getattr(x, "__dlpack_device__", None)
+        return dev is not None and int(dev()[0]) in _DLPACK_CUDA
+    except Exception:
+        return False

@@ -1,0 +1,21 @@
+"""The package's errors. Both are raised by the C++ engine and by the Python layer alike.
+
+``InvalidArgumentError`` (a ``ValueError``): the message names the function and the argument,
+what was expected and what came. ``NumericalError``: a numerical step failed after bounded retries.
+"""
+from __future__ import annotations
+
+from typing import NoReturn
+
+from ._loader import _core
+
+InvalidArgumentError = _core.InvalidArgumentError
+NumericalError = _core.NumericalError
+
+
+def fail(where: str, message: str) -> NoReturn:
+    """Raise ``InvalidArgumentError("{where}: {message}")``."""
+    raise InvalidArgumentError(f"{where}: {message}")
+
+
+__all__ = ["InvalidArgumentError", "NumericalError", "fail"]

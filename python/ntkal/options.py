@@ -1,0 +1,46 @@
+"""Every vocabulary of the package, in one place: the names users pass, checked one way, and the
+engine value each name stands for (the enums of cpp/options.hpp; no binding parses a string)."""
+from __future__ import annotations
+
+from ._loader import _core
+from .errors import fail
+
+_SKETCH_KIND = {"sparse_sign": _core.SketchKind.SparseSign, "gaussian": _core.SketchKind.Gaussian}
+_PRECISION = {"float32": _core.Precision.Float32, "float64": _core.Precision.Float64}
+_DISTANCE_METHOD = {"lcmd": _core.DistanceMethod.Lcmd, "maxdist": _core.DistanceMethod.MaxDist}
+_MATMUL = {"float32": _core.Matmul.Float32, "tf32": _core.Matmul.TF32, "bf16": _core.Matmul.BF16}
+
+SKETCH_KINDS = tuple(_SKETCH_KIND)
+PRECISIONS = tuple(_PRECISION)
+DISTANCE_METHODS = tuple(_DISTANCE_METHOD)  # the METHODS that select on distances between structures
+METHODS = ("lcmd", "greedy_pv", "maxdist", "topk", "random")
+STRATEGIES = ("pv_lcmd", "greedy_pv", "topk", "random")  # ntkal.acquire
+KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
+MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
+POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
+KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
+KERNELS_WITHOUT_FORCE_ROWS = ("energy", "embedding")
+DEVICES = ("cpu", "cuda")
+
+_CODES = {SKETCH_KINDS: _SKETCH_KIND, PRECISIONS: _PRECISION, DISTANCE_METHODS: _DISTANCE_METHOD, MATMULS: _MATMUL}
+
+
+def choice(value, choices: tuple, where: str, name: str) -> str:
+    """``value`` if it is one of ``choices``, else InvalidArgumentError naming ``where`` and ``name``."""
+    if not isinstance(value, str) or value not in choices:
+        fail(where, f"{name} must be one of {choices}; got {value!r}")
+    return value
+
+
+def code(value: str, choices: tuple):
+    """The engine enum value of an already-checked name of ``choices``."""
+    return _CODES[choices][value]
+
+
+def name(engine_value, choices: tuple) -> str:
+    """The name of an engine enum value (inverse of :func:`code`)."""
+    return next(k for k, v in _CODES[choices].items() if v == engine_value)
+
+
+__all__ = ["DEVICES", "DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
+           "METHODS", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
