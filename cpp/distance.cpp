@@ -18,7 +18,25 @@
 
 namespace ntkal {
 
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define NTKAL_DOT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define NTKAL_DOT_CLONES
+#endif
+
 namespace {
+
+// x.y accumulated in float32 (16 lanes, vectorisable); only ever used with a rounding bound.
+NTKAL_DOT_CLONES float dot_f32(const float* a, const float* b, int64_t e) {
+  float s[16] = {0};
+  int64_t k = 0;
+  for (; k + 16 <= e; k += 16)
+    for (int l = 0; l < 16; ++l) s[l] += a[k + l] * b[k + l];
+  for (; k < e; ++k) s[k & 15] += a[k] * b[k];
+  float t = 0.0f;
+  for (int l = 0; l < 16; ++l) t += s[l];
+  return t;
+}
 
 struct CentreState {
   const RowsView& x;
@@ -30,6 +48,7 @@ struct CentreState {
   std::vector<double> sum, radius2;           // per cluster
   std::vector<int64_t> centre_of;             // per cluster: -1 - train index, or candidate index
   std::vector<char> selected;
+  std::vector<double> xnorm2;                 // per candidate ||x||^2 (fixed order), for the prefilter
 
   CentreState(const RowsView& xv, const RowsView& tv)
       : x(xv), tr(tv), e(xv.dim), min_d2(xv.n_rows, std::numeric_limits<double>::infinity()),
@@ -90,9 +109,25 @@ struct CentreState {
         flat.insert(flat.end(), members[a].begin(), members[a].end());
         first.push_back(static_cast<int64_t>(flat.size()));
       }
+    // A float32 dot product decides who cannot get closer: ||x - s||^2 >= ||x||^2 + ||s||^2 - 2 fl(x.s)
+    // - margin, with |fl(x.s) - x.s| <= gamma_e ||x|| ||s|| for any summation order. Only the others
+    // get the exact float64 distance, which alone decides (the result is that of a full exact scan).
+    if (xnorm2.empty()) {
+      xnorm2.resize(static_cast<size_t>(x.n_rows));
+#pragma omp parallel for schedule(static)
+      for (int64_t i = 0; i < x.n_rows; ++i) xnorm2[i] = sqnorm(x.row(i), e);
+    }
+    const double snorm2 = xnorm2[s], snorm = std::sqrt(snorm2);
+    const double gamma = 1.01 * static_cast<double>(e) * 5.96e-8 / (1.0 - static_cast<double>(e) * 5.96e-8);
     std::vector<double> dist2(flat.size());
 #pragma omp parallel for schedule(static) if (flat.size() > 256)
-    for (int64_t k = 0; k < static_cast<int64_t>(flat.size()); ++k) dist2[k] = sqdist(xs, x.row(flat[k]), e);
+    for (int64_t k = 0; k < static_cast<int64_t>(flat.size()); ++k) {
+      const int64_t c = flat[k];
+      const double xn2 = xnorm2[c];
+      const double lower = xn2 + snorm2 - 2.0 * dot_f32(xs, x.row(c), e) - 2.0 * gamma * std::sqrt(xn2) * snorm -
+                           1e-12 * (xn2 + snorm2);
+      dist2[k] = lower < min_d2[c] ? sqdist(xs, x.row(c), e) : std::numeric_limits<double>::infinity();
+    }
     for (size_t t = 0; t < to_scan.size(); ++t) {
       const int64_t a = to_scan[t];
       auto& mem = members[a];

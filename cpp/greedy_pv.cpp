@@ -21,8 +21,8 @@
 namespace ntkal {
 
 namespace {
-constexpr int64_t kActivation = 256;  // blocks whitened per batch
-constexpr int64_t kRefresh = 128;     // stale blocks refreshed per GEMM
+constexpr int64_t kActivation = 1024;  // blocks whitened per batch
+constexpr int64_t kRefresh = 512;     // stale blocks refreshed per GEMM
 
 // Whitened rows (float64, row-major) of the blocks touched so far, ||psi||^2 per block and the sum of
 // squared projections onto the V rows of picks [0, stamp).
