@@ -96,3 +96,10 @@ def test_core_stub_names_every_binding():
         cuda_stub = (PKG / "_core" / "cuda.pyi").read_text()
         missing = [n for n in dir(core.cuda) if not n.startswith("__") and n not in cuda_stub]
         assert not missing, f"_core/cuda.pyi lacks {missing}"
+
+
+def test_gpu_check_script_parses_and_refuses_without_out_dir():
+    script = PKG.parents[1] / "bench" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "usage" in proc.stderr

@@ -57,3 +57,24 @@ def test_blocks_take_and_to_host_keep_rows_and_offsets():
     np.testing.assert_array_equal(t.offsets, [0, 3, 5, 9])
     np.testing.assert_array_equal(t.rows, np.concatenate([rows[6:9], rows[0:2], rows[2:6]]))
     assert b.to_host() is b and b.on_host
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(__import__("ntkal.backends.cuda", fromlist=["x"]).device_count() == 0,
+                    reason="no usable CUDA device: the real device path runs on a GPU machine (bench/gpu_check.sh)")
+def test_cuda_featurizer_keeps_features_on_the_device():
+    require("chgnet")
+    from ase.build import bulk
+
+    model = models.chgnet(device="cuda")
+    feat = Featurizer(model, "joint", dim=64, force_rows=2, workers=1, progress=False)
+    cells = [bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.50)]
+    for c in cells:
+        c.rattle(0.02, seed=1)
+    blocks = feat(cells)
+    assert isinstance(blocks.rows, torch.Tensor) and blocks.rows.is_cuda and not blocks.on_host
+    post = ntkal.Posterior(64, noise_var=1e-2).add(blocks.take([0]))
+    pv = post.variance(blocks)
+    assert isinstance(pv, torch.Tensor) and pv.is_cuda
+    sel = ntkal.select(blocks, None, 1, method="greedy_pv", posterior=post)
+    assert sel.indices.is_cuda and int(sel.indices[0]) == 1

@@ -16,3 +16,14 @@ def is_device_array(x) -> bool:
         return dev is not None and int(dev()[0]) in _DLPACK_CUDA
     except Exception:
         return False
+
+
+def to_numpy(x):
+    """A host copy of a (small) device array — indices, scores — or the array itself on the host."""
+    if not is_device_array(x):
+        import numpy as np
+
+        return np.asarray(x)
+    if hasattr(x, "get") and not type(x).__module__.startswith("torch"):  # CuPy
+        return x.get()
+    return x.detach().cpu().numpy()

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._device import to_numpy
 from ._validation import as_int, as_positive_float
 from .blocks import Blocks
 from .errors import InvalidArgumentError
@@ -201,7 +202,7 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
         timings["pool_features"] = time.perf_counter() - t
         t = time.perf_counter()
         posterior = posterior or make_posterior(picked.dim)
-        pv = np.asarray(posterior.variance(picked, intensive=intensive))
+        pv = to_numpy(posterior.variance(picked, intensive=intensive))
         timings["scoring"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         return AcquisitionResult(indices, pv, pv.copy(), strategy, np.zeros(0, np.int64), None, timings,
@@ -222,17 +223,18 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     kept_idx, kept_pv, kept = pv_shortlist(itertools.chain([first], chunks), None, posterior, k, intensive=intensive,
                                            return_rows=True, pv_out=pool_pv)
     timings["scoring"] = time.perf_counter() - t_loop - timings["pool_features"] - timings["posterior"]
-    kept_idx = np.asarray(kept_idx)
+    kept_idx = to_numpy(kept_idx)  # device runs: only indices and scores come back
 
     t = time.perf_counter()
     if strategy == "topk":
-        local, scores = np.arange(n, dtype=np.int64), np.asarray(kept_pv)[:n].copy()
+        local, scores = np.arange(n, dtype=np.int64), to_numpy(kept_pv)[:n].copy()
     elif strategy == "greedy_pv":
         local, scores = select(kept, None, n, method="greedy_pv", posterior=posterior, seed=seed)
     else:
         local, scores = select(kept, None, n, method="lcmd", train_rows=train_blocks, seed=seed, precision=precision)
     timings["select"] = time.perf_counter() - t
-    indices = kept_idx[np.asarray(local)]
+    local, scores = to_numpy(local), to_numpy(scores)
+    indices = kept_idx[local]
     timings["total"] = time.perf_counter() - t_start
     return AcquisitionResult(indices, pool_pv[indices], np.asarray(scores, dtype=np.float64), strategy, kept_idx,
                              pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"])

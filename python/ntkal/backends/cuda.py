@@ -496,7 +496,6 @@ def variance(post, b: BlockArgs, intensive: bool, matmul: str = "float32"):
 def top_k(values, k: int):
     """(positions int64 (k,), values float64 (k,)) of the k largest values, ties -> lower position."""
     lib, device = _lib_device(values)
-    n = int(values.shape[0])
     out_v = lib.empty((k,), "float64", device)
     out_i = lib.empty((k,), "int64", device)
     if k:
@@ -506,12 +505,16 @@ def top_k(values, k: int):
     return out_i, out_v
 
 
+def _selection_outputs(rows: _Dev, n: int):
+    """Device arrays for n picks: indices (int64) and scores (float64), on the rows' library."""
+    return rows.lib.empty((n,), "int64", rows.device), rows.lib.empty((n,), "float64", rows.device)
+
+
 def greedy_pv(post, b: BlockArgs, n: int):
     """Greedy PV in float64 on the device (same picks as the CPU); synchronises once per pick."""
     rows = b.rows
     lib = rows.lib
-    idx = lib.empty((n,), "int64", rows.device)
-    scores = lib.empty((n,), "float64", rows.device)
+    idx, scores = _selection_outputs(rows, n)
     if n:
         with lib.guard(rows.device):
             whiten = _whitening(post, lib, rows.device, "float64")
@@ -539,8 +542,7 @@ def select_by_distance(method: str, x: BlockArgs, train: BlockArgs | None, n: in
     """LCMD / MaxDist on the device, fully asynchronous (the picks stay there)."""
     rows = x.rows
     lib = rows.lib
-    idx = lib.empty((n,), "int64", rows.device)
-    scores = lib.empty((n,), "float64", rows.device)
+    idx, scores = _selection_outputs(rows, n)
     if n:
         with lib.guard(rows.device):
             train_view = (_none_view(rows.stream) if train is None

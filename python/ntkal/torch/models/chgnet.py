@@ -1,0 +1,151 @@
+"""Pretrained CHGNet (chgnet 0.4.2 wheel: CHGNet 0.3.0 weights) as a FunctionalModel.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)``; a checkpoint that needs arbitrary
+unpickling is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import torch
+
+from ...errors import InvalidArgumentError
+from ..functional import FunctionalModel
+
+__all__ = ["CHGNET_READOUT", "chgnet"]
+
+
+_CHGNET_CHECKPOINTS = {
+    "0.3.0": "pretrained/0.3.0/chgnet_0.3.0_e29f68s314m37.pth.tar",
+    "0.2.0": "pretrained/0.2.0/chgnet_0.2.0_e30f77s348m32.pth.tar",
+    "r2scan": "pretrained/r2scan/chgnet_r2scan_transfer_learning_e15f36s161m23.pth.tar",
+}
+# Readout: the layer norm before the readout MLP and the MLP itself (12.7k of 412k parameters).
+CHGNET_READOUT = ("readout_norm.*", "mlp.*")
+
+
+def _load_checkpoint(path: str, where: str):
+    """``torch.load(weights_only=True)`` with a clear error for a missing or corrupt file."""
+    if not os.path.isfile(path):
+        raise InvalidArgumentError(f"{where}: checkpoint file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or one that needs arbitrary unpickling
+        raise InvalidArgumentError(f"{where}: checkpoint {path} could not be loaded with weights_only=True: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+
+
+def _molecule_box(atoms, cutoff: float):
+    """Non-periodic structures get a cubic box wide enough that no image lies within the cutoff."""
+    pos = atoms.get_positions()
+    extent = float(np.max(np.ptp(pos, axis=0))) if len(atoms) > 1 else 0.0
+    return np.eye(3) * (extent + 2.0 * cutoff + 1.0)
+
+
+def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all",
+           device: str | torch.device = "cpu") -> FunctionalModel:
+    """Pretrained CHGNet as a :class:`FunctionalModel` (float32, total energy in eV).
+
+    The crystal graph is built once per structure from ``atoms`` (pymatgen neighbour list,
+    coordinates not wrapped); ``energy_fn`` swaps in fractional coordinates computed from the
+    differentiable ``positions`` and calls ``torch.func.functional_call``. Non-periodic
+    structures are placed in a box larger than the 6 A cutoff plus their extent.
+
+    Parameters
+    ----------
+    version : {"0.3.0", "0.2.0", "r2scan"}
+        Checkpoint shipped inside the chgnet wheel.
+    checkpoint : str, optional
+        Path of a CHGNet checkpoint (``{"model": {"state_dict", "model_args"}}``) instead.
+    params : "all", "readout" or list of str
+        Differentiated parameters; "all" = every trainable parameter (the frozen composition
+        model AtomRef is excluded), "readout" = ``readout_norm.*`` and ``mlp.*``.
+    device : str or torch.device
+
+    Returns
+    -------
+    FunctionalModel
+        ``embedding_fn`` gives the 64 per-atom features entering the readout MLP.
+    """
+    try:
+        import chgnet as chgnet_pkg
+        from chgnet.model import CHGNet
+    except ImportError as exc:
+        raise InvalidArgumentError("ntkal.torch.models.chgnet: the chgnet package is not installed "
+                      "(pip install 'torch==2.13.0' 'chgnet==0.4.2')") from exc
+    name = f"chgnet-{version}" if checkpoint is None else f"chgnet:{os.path.basename(str(checkpoint))}"
+    if checkpoint is None:
+        if version not in _CHGNET_CHECKPOINTS:
+            raise InvalidArgumentError(f"ntkal.torch.models.chgnet: version must be one of {sorted(_CHGNET_CHECKPOINTS)}; got {version!r}")
+        checkpoint = os.path.join(os.path.dirname(chgnet_pkg.__file__), _CHGNET_CHECKPOINTS[version])
+    state = _load_checkpoint(str(checkpoint), "ntkal.torch.models.chgnet")
+    try:
+        model_state = state["model"]
+        with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
+            net = CHGNet.from_dict(model_state, mlp_out_bias=version == "0.2.0", version=version)
+    except Exception as exc:
+        raise InvalidArgumentError(f"ntkal.torch.models.chgnet: checkpoint {checkpoint} is not a CHGNet checkpoint: "
+                      f"{type(exc).__name__}: {exc}") from exc
+    net = net.to(device).eval()
+    from pymatgen.core import Lattice, Structure
+
+    cutoff = float(net.model_args.get("atom_graph_cutoff", 6.0))
+    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
+    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
+    frozen.update(dict(net.named_buffers()))
+
+    graph_cache: dict = {}
+
+    def graph_of(atoms):
+        # The graph depends on atoms only: reuse it for repeated calls on one structure
+        # (finite differences, torch.func transforms, which must not build it inside).
+        from ...structures import structure_digest
+
+        key = structure_digest(atoms)
+        if key not in graph_cache:
+            graph_cache.clear()
+            graph_cache[key] = build_graph(atoms)
+        return graph_cache[key]
+
+    def build_graph(atoms):
+        if all(atoms.pbc):
+            cell = np.asarray(atoms.cell)
+        elif not any(atoms.pbc):
+            cell = _molecule_box(atoms, cutoff)
+        else:
+            raise InvalidArgumentError(f"ntkal.torch.models.chgnet: atoms.pbc must be all True or all False; got {atoms.pbc.tolist()}")
+        structure = Structure(Lattice(cell), atoms.get_chemical_symbols(), atoms.get_positions(),
+                              coords_are_cartesian=True, to_unit_cell=False)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            graph = net.graph_converter(structure)
+        return graph.to(str(device)) if str(device) != "cpu" else graph
+
+    def with_positions(graph, positions):
+        # Same graph topology and images; fractional coordinates follow `positions` (autograd).
+        lattice = graph.lattice.detach().to(positions.dtype)
+        graph.lattice = lattice  # a constant: no strain derivatives needed
+        graph.atom_frac_coord = positions @ torch.linalg.inv(lattice)
+        return graph
+
+    def energy(p, positions, atoms):
+        graph = with_positions(graph_of(atoms), positions)
+        out = torch.func.functional_call(net, p, ([graph],), {"task": "e"})
+        return out["e"].reshape(()) * len(atoms)  # CHGNet predicts energy per atom
+
+    def embedding(p, positions, atoms):
+        graph = with_positions(graph_of(atoms), positions)
+        captured = {}
+        hook = net.readout_norm.register_forward_hook(lambda mod, inp, out: captured.update(h=out))
+        try:
+            torch.func.functional_call(net, p, ([graph],), {"task": "e"})
+        finally:
+            hook.remove()
+        return captured["h"]
+
+    model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=CHGNET_READOUT,
+                            supported_numbers=range(1, 95), name=name, embedding_dim=int(net.atom_fea_dim))
+    return model.select(params)

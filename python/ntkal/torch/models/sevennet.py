@@ -1,0 +1,143 @@
+"""Pretrained SevenNet-0 (sevenn 0.13.0 wheel) as a FunctionalModel.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)`` and an allow-list of the classes
+they hold; anything else is refused rather than executed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+
+import numpy as np
+import torch
+
+from ...errors import InvalidArgumentError
+from ..functional import FunctionalModel
+
+__all__ = ["SEVENNET_READOUT", "sevennet"]
+
+
+_SEVENNET_CHECKPOINT = "pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth"
+# Readout: the two linear maps from node features to atomic energies (and the species rescale).
+SEVENNET_READOUT = ("reduce_input_to_hidden.*", "reduce_hidden_to_energy.*", "rescale_atomic_energy.*")
+
+
+def _sevennet_safe_globals():
+    """The plain-data globals SevenNet checkpoints pickle (numpy arrays in the config)."""
+    import _codecs
+    from collections import OrderedDict
+
+    reconstruct = np._core.multiarray._reconstruct if hasattr(np, "_core") else np.core.multiarray._reconstruct
+    return [(reconstruct, "numpy.core.multiarray._reconstruct"), reconstruct, np.ndarray, np.dtype,
+            _codecs.encode, OrderedDict, torch.device] + [type(np.dtype(t)) for t in
+                                                           ("float64", "float32", "int64", "int32", "bool")]
+
+
+def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch.device = "cpu") -> FunctionalModel:
+    """Pretrained SevenNet-0 (11Jul2024, P = 842k, float32) as a :class:`FunctionalModel`.
+
+    The neighbour list (sevenn's graph builder, with cell shifts) is built once per structure;
+    ``energy_fn`` recomputes the edge vectors ``pos[dst] - pos[src] + shift @ cell`` from the
+    differentiable positions and runs every module but SevenNet's own force head through
+    ``torch.func.functional_call``. The checkpoint is read with ``weights_only=True``, allowing
+    only numpy array reconstruction besides tensors.
+
+    Parameters
+    ----------
+    checkpoint : str, optional
+        Path of a SevenNet checkpoint (default: SevenNet-0 inside the sevenn wheel).
+    params : "all", "readout" or list of str
+    device : str or torch.device
+    """
+    where = "ntkal.torch.models.sevennet"
+    try:
+        import sevenn
+        import sevenn._keys as KEY
+        from sevenn.atom_graph_data import AtomGraphData
+        from sevenn.checkpoint import SevenNetCheckpoint
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+    except ImportError as exc:
+        raise InvalidArgumentError(f"{where}: the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')") from exc
+    name = "sevennet-0" if checkpoint is None else f"sevennet:{os.path.basename(str(checkpoint))}"
+    if checkpoint is None:
+        checkpoint = os.path.join(os.path.dirname(sevenn.__file__), _SEVENNET_CHECKPOINT)
+    checkpoint = str(checkpoint)
+    if not os.path.isfile(checkpoint):
+        raise InvalidArgumentError(f"{where}: checkpoint file not found: {checkpoint}")
+    try:
+        with torch.serialization.safe_globals(_sevennet_safe_globals()):
+            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} could not be loaded with weights_only=True: "
+                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    try:
+        import warnings
+
+        from sevenn.checkpoint import _config_cp_routine
+
+        cp = SevenNetCheckpoint(checkpoint)
+        # Hand the safely loaded dict to sevenn instead of letting it unpickle the file itself.
+        cp._config_original = state.get("config", {})
+        cp._model_state_dict = state.get("model_state_dict", {})
+        cp._optimizer_state_dict, cp._scheduler_state_dict = {}, {}
+        cp._epoch, cp._time, cp._hash = state.get("epoch"), state.get("time", ""), state.get("hash", "")
+        cp._config = _config_cp_routine(cp._config_original)
+        cp._loaded = True
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            net = cp.build_model()
+    except Exception as exc:
+        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} is not a SevenNet checkpoint: {type(exc).__name__}: {exc}") from exc
+    net.set_is_batch_data(False)
+    net.delete_module_by_key("force_output")  # we differentiate the energy ourselves
+    net = net.to(device).eval()
+    cutoff = float(cp.config[KEY.CUTOFF])
+    type_map = dict(cp.config[KEY.TYPE_MAP])
+    graph_cache: dict = {}
+
+    def graph_of(atoms):
+        from ...structures import structure_digest
+
+        key = structure_digest(atoms)
+        if key not in graph_cache:
+            graph_cache.clear()
+            graph_cache[key] = unlabeled_atoms_to_graph(atoms, cutoff, with_shift=True)
+        return graph_cache[key]
+
+    def run(p, positions, atoms, capture=None):
+        raw = graph_of(atoms)
+        data = AtomGraphData.from_numpy_dict({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                              for k, v in raw.items() if k != KEY.INFO})
+        data = data.to(positions.device)
+        src, dst = data[KEY.EDGE_IDX][0], data[KEY.EDGE_IDX][1]
+        cell = torch.as_tensor(raw[KEY.CELL], dtype=positions.dtype, device=positions.device).reshape(3, 3)
+        shift = torch.as_tensor(raw[KEY.CELL_SHIFT], dtype=positions.dtype, device=positions.device)
+        data[KEY.POS] = positions
+        data[KEY.EDGE_VEC] = positions[dst] - positions[src] + shift @ cell
+        hook = None
+        if capture is not None:
+            hook = net._modules["reduce_input_to_hidden"].register_forward_pre_hook(
+                lambda mod, args: capture.update(h=args[0][KEY.NODE_FEATURE]))
+        try:
+            out = torch.func.functional_call(net, p, (data,))
+        finally:
+            if hook is not None:
+                hook.remove()
+        return out
+
+    def energy(p, positions, atoms):
+        return run(p, positions, atoms)[KEY.PRED_TOTAL_ENERGY].reshape(())
+
+    def embedding(p, positions, atoms):
+        captured = {}
+        run(p, positions, atoms, captured)
+        return captured["h"]
+
+    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
+    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
+    frozen.update(dict(net.named_buffers()))
+    model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=SEVENNET_READOUT,
+                            supported_numbers=type_map.keys(), name=name)
+    return model.select(params)
