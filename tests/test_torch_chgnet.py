@@ -62,7 +62,7 @@ def test_adapter_matches_chgnet_energy_and_forces(model, native, si):
 def test_molecule_is_boxed(model, native):
     mol = molecule("CH3OH")
     e, f = energy_and_forces(model, mol)
-    from ntkal.torch.models import _molecule_box
+    from ntkal.torch.models.chgnet import _molecule_box
 
     ref = native_prediction(native, mol, cell=_molecule_box(mol, 6.0))
     assert e == pytest.approx(ref["e"] * len(mol), rel=1e-5)
