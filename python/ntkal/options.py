@@ -13,14 +13,13 @@ _MATMUL = {"float32": _core.Matmul.Float32, "tf32": _core.Matmul.TF32, "bf16": _
 SKETCH_KINDS = tuple(_SKETCH_KIND)
 PRECISIONS = tuple(_PRECISION)
 DISTANCE_METHODS = tuple(_DISTANCE_METHOD)  # the METHODS that select on distances between structures
-METHODS = ("lcmd", "greedy_pv", "maxdist", "topk", "random")
+POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
+METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")
 STRATEGIES = ("pv_lcmd", "greedy_pv", "topk", "random")  # ntkal.acquire
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
-POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
 KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
 KERNELS_WITHOUT_FORCE_ROWS = ("energy", "embedding")
-DEVICES = ("cpu", "cuda")
 
 _CODES = {SKETCH_KINDS: _SKETCH_KIND, PRECISIONS: _PRECISION, DISTANCE_METHODS: _DISTANCE_METHOD, MATMULS: _MATMUL}
 
@@ -42,5 +41,5 @@ def name(engine_value, choices: tuple) -> str:
     return next(k for k, v in _CODES[choices].items() if v == engine_value)
 
 
-__all__ = ["DEVICES", "DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
+__all__ = ["DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
            "METHODS", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
