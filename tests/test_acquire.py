@@ -181,3 +181,45 @@ def test_bad_pools(featurizer, data, tmp_path):
         acquire(featurizer, train, nan, 1, progress=False)
     with pytest.raises(ntkal.InvalidArgumentError, match="train file not found"):
         acquire(featurizer, tmp_path / "nope.db", pool, 1, progress=False)
+
+
+# ------------------------------------------------------------------------------ one bad structure
+
+def test_bad_structures_are_found_before_any_featurisation(featurizer, data):
+    train, pool = data
+    pool = list(pool)
+    for i in (17, 30):  # neon: not among the toy model's elements
+        pool[i] = pool[i].copy()
+        pool[i][0].symbol = "Ne"
+    counting = Counting(featurizer)
+    counting.check = featurizer.check
+    with pytest.raises(ntkal.InvalidArgumentError) as info:
+        acquire(counting, train, pool, 5, chunk_size=8, progress=False)
+    msg = str(info.value)
+    assert "2 pool structure(s)" in msg and "pool[17]" in msg and "pool[30]" in msg and "Ne" in msg
+    assert counting.structures == 0  # nothing was featurized
+
+
+class Exploding(Counting):
+    """Fails like a model would on one structure (marked in atoms.info)."""
+
+    def __call__(self, structures):
+        if any(a.info.get("explode") for a in structures):
+            raise RuntimeError("the model fell over")
+        return super().__call__(structures)
+
+
+def test_failure_during_featurisation_names_the_structure_and_keeps_finished_chunks(featurizer, data, tmp_path):
+    train, pool = data
+    pool = [a.copy() for a in pool]
+    pool[27].info["explode"] = True
+    cache = tmp_path / "cache"
+    with pytest.raises(ntkal.InvalidArgumentError) as info:
+        acquire(Exploding(featurizer), train, pool, 5, chunk_size=8, cache=cache, progress=False)
+    msg = str(info.value)
+    assert f"pool[27] ({pool[27].get_chemical_formula()})" in msg and "the model fell over" in msg
+    assert "kept in the cache" in msg
+    del pool[27].info["explode"]
+    rerun = Counting(featurizer)
+    res = acquire(rerun, train, pool, 5, chunk_size=8, cache=cache, progress=False)
+    assert rerun.structures == 40 - 24 and res.cached_chunks == 4  # train + 3 pool chunks were finished

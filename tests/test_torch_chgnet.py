@@ -62,7 +62,7 @@ def test_adapter_matches_chgnet_energy_and_forces(model, native, si):
 def test_molecule_is_boxed(model, native):
     mol = molecule("CH3OH")
     e, f = energy_and_forces(model, mol)
-    from ntkal.torch.models.chgnet import _molecule_box
+    from ntkal.torch.cells import molecule_box as _molecule_box
 
     ref = native_prediction(native, mol, cell=_molecule_box(mol, 6.0))
     assert e == pytest.approx(ref["e"] * len(mol), rel=1e-5)
@@ -108,10 +108,11 @@ def test_embedding_and_errors(model, si):
     f = Featurizer(model, "joint", dim=16, force_rows=2)
     with pytest.raises(ntkal.InvalidArgumentError, match="does not support: Fm"):
         f.features(Atoms("Fm2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[6, 6, 6], pbc=True))
+    # a bulk cell marked non-periodic along z is a slab with almost no vacuum: accepted, with a warning
     slab = si.copy()
     slab.pbc = [True, True, False]
-    with pytest.raises(ntkal.InvalidArgumentError, match="pbc"):
-        f.features(slab)
+    with pytest.warns(UserWarning, match="shorter than the model's cutoff"):
+        assert np.all(np.isfinite(f.features(slab)))
 
 
 def test_checkpoint_errors(tmp_path):
@@ -123,3 +124,46 @@ def test_checkpoint_errors(tmp_path):
         models.chgnet(checkpoint=bad)
     with pytest.raises(ntkal.InvalidArgumentError, match="version"):
         models.chgnet("9.9.9")
+
+
+def _slab(vacuum=8.0):
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=vacuum)  # pbc = (True, True, False), as users build them
+    add_adsorbate(slab, "O", 1.8, "fcc")
+    slab.rattle(0.02, seed=3)
+    return slab
+
+
+def test_slab_with_adsorbate_matches_chgnet_on_the_same_cell(model, native):
+    slab = _slab()
+    assert slab.pbc.tolist() == [True, True, False]
+    e, f = energy_and_forces(model, slab)
+    ref = native_prediction(native, slab)  # CHGNet itself treats the cell as periodic, vacuum included
+    assert e == pytest.approx(ref["e"] * len(slab), rel=1e-5)
+    np.testing.assert_allclose(f, ref["f"], atol=1e-4)
+
+
+def test_thin_vacuum_warns_and_features_still_come(model):
+    slab = _slab(vacuum=2.0)
+    with pytest.warns(UserWarning, match="vacuum along non-periodic cell vector 2 is .* shorter than the model's cutoff"):
+        rows = Featurizer(model, "joint", dim=32, force_rows=2, workers=1, progress=False).features(slab)
+    assert rows.shape == (3, 32) and np.all(np.isfinite(rows))
+
+
+def test_slab_force_rows_sum_to_zero_and_mixed_pool(model, si):
+    slab, mol = _slab(), molecule("H2O")
+    feat = Featurizer(model, "force", dim=16, workers=1, progress=False)
+    J = feat.jacobian(slab)
+    np.testing.assert_allclose(J.reshape(len(slab), 3, -1).sum(axis=0), 0.0, atol=2e-4 * np.abs(J).max())
+    blocks = Featurizer(model, "joint", dim=16, force_rows=2, workers=1, progress=False)([si, slab, mol])
+    assert len(blocks) == 3 and np.all(np.isfinite(blocks.rows))
+
+
+def test_isolated_atom_is_refused_up_front_with_its_index(model, si):
+    from ntkal.acquire import acquire
+
+    lone = Atoms("CuO", positions=[[0, 0, 0], [0, 0, 9.0]], pbc=False)  # 9 A apart: O has no neighbour
+    feat = Featurizer(model, "energy", dim=8, workers=1, progress=False)
+    with pytest.raises(ntkal.InvalidArgumentError, match=r"pool\[1\] has 2 atom\(s\) with no neighbour within CHGNet's 6 A"):
+        acquire(feat, [si], [si, lone], 1, progress=False)

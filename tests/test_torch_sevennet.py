@@ -69,3 +69,18 @@ def test_unsupported_element_and_bad_checkpoint(model, tmp_path):
     bad.write_bytes(b"garbage")
     with pytest.raises(ntkal.InvalidArgumentError, match="weights_only=True"):
         models.sevennet(checkpoint=bad)
+
+
+def test_slab_with_adsorbate_matches_the_calculator(model, calculator):
+    from ase.build import add_adsorbate, fcc111
+
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)  # pbc = (True, True, False)
+    add_adsorbate(slab, "O", 1.8, "fcc")
+    slab.rattle(0.02, seed=4)
+    pos = model.positions(slab, requires_grad=True)
+    e = model.energy(slab, None, pos)
+    (g,) = torch.autograd.grad(e, pos)
+    ref = slab.copy()
+    ref.calc = calculator
+    assert float(e.detach()) == pytest.approx(ref.get_potential_energy(), rel=1e-5)
+    np.testing.assert_allclose(-g.numpy(), ref.get_forces(), atol=1e-4)

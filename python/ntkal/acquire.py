@@ -151,6 +151,51 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
         config = featurizer.config() if hasattr(featurizer, "config") else None
         store = FeatureCache(cache, featurizer.fingerprint(), config)
 
+    def check_all(src: StructureSource, label: str) -> None:
+        """Every structure the model cannot take, found before any featurisation (a screen of hours
+        must not die on structure 90,000); the error lists them by index."""
+        if not hasattr(featurizer, "check"):
+            return
+        problems = []
+        bar = progress_bar(len(src), progress, f"checking {label}")
+        for start, structures in src.chunks(chunk_size):
+            for i, atoms in enumerate(structures):
+                try:
+                    featurizer.check(atoms, where=where, arg=f"{label}[{start + i}]")
+                except InvalidArgumentError as exc:
+                    problems.append(str(exc))
+            bar.update(len(structures))
+        bar.close()
+        if problems:
+            more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
+            raise InvalidArgumentError(f"{where}: {len(problems)} {label} structure(s) of {src.describe()} cannot be "
+                                       "featurized by this model; nothing was computed:\n  " + "\n  ".join(problems[:5])
+                                       + more)
+
+    def featurize(structures, label: str, positions) -> Blocks:
+        """featurizer(structures); a failure names the structure (by index) and the model's reason."""
+        try:
+            return featurizer(structures)
+        except InvalidArgumentError:
+            raise
+        except Exception as exc:
+            culprit = None
+            for i, atoms in enumerate(structures):  # only after a failure: find the structure
+                try:
+                    featurizer([atoms])
+                except Exception:
+                    culprit = i
+                    break
+            what = (f"{label}[{positions[culprit]}] ({structures[culprit].get_chemical_formula()})"
+                    if culprit is not None else f"{label}[{positions[0]}...{positions[-1]}]")
+            kept = f"; the {counts['computed']} finished chunk(s) are kept in the cache" if store is not None else ""
+            raise InvalidArgumentError(f"{where}: {what} could not be featurized: {type(exc).__name__}: {exc}{kept}") \
+                from exc
+
+    for src, label in ((train_src, "train"), (pool_src, "pool")):
+        if src is not None:
+            check_all(src, label)
+
     counts = {"cached": 0, "computed": 0}
     timings = {"train_features": 0.0, "posterior": 0.0, "pool_features": 0.0, "scoring": 0.0, "select": 0.0}
 
@@ -164,7 +209,7 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                 digest = chunk_digest(structures) if store is not None else ""
                 blocks = store.load(label, start, stop, digest) if store is not None else None
                 if blocks is None:
-                    blocks = featurizer(structures)
+                    blocks = featurize(structures, label, range(start, stop))
                     if not isinstance(blocks, Blocks) or len(blocks) != len(structures):
                         raise InvalidArgumentError(
                             f"acquire: featurizer must return ntkal.Blocks with one block per structure; got "
@@ -198,7 +243,7 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     if strategy == "random":
         t = time.perf_counter()
         indices = np.random.default_rng(seed).choice(n_pool, size=n, replace=False).astype(np.int64)
-        picked = featurizer(pool_src.take(indices))
+        picked = featurize(pool_src.take(indices), "pool", indices)
         timings["pool_features"] = time.perf_counter() - t
         t = time.perf_counter()
         posterior = posterior or make_posterior(picked.dim)

@@ -161,8 +161,13 @@ class Featurizer:
                 f"sketch={self.sketch_kind!r}, force_rows={self.force_rows!r}, n_params={self.n_params})")
 
     # ---- one structure ----------------------------------------------------------------
-    def _check(self, atoms, where, arg="atoms"):
+    def check(self, atoms, *, where: str = "Featurizer.check", arg: str = "atoms") -> None:
+        """Raise ``InvalidArgumentError`` (naming ``where`` and ``arg``) if the model cannot featurize
+        ``atoms``: unsupported elements, non-finite positions, atoms it cannot place in its graph."""
         self.model.check(atoms, where=where, arg=arg)
+
+    def _check(self, atoms, where, arg="atoms"):
+        self.check(atoms, where=where, arg=arg)
 
     def _threads(self):
         return _TorchThreads(self.threads if self.model.device.type == "cpu" else None)

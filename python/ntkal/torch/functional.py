@@ -69,6 +69,9 @@ class FunctionalModel:
         Identifies the model in cache fingerprints and messages.
     embedding_dim : int, optional
         Width F of ``embedding_fn``'s output (found on first use when omitted).
+    check_fn : callable, optional
+        ``check_fn(atoms, where, arg)`` raising ``InvalidArgumentError`` for structures the model
+        cannot handle (called by :meth:`check`, before any featurisation).
     """
 
     def __init__(
@@ -82,6 +85,7 @@ class FunctionalModel:
         supported_numbers: Iterable[int] | None = None,
         name: str = "functional",
         embedding_dim: int | None = None,
+        check_fn: Callable | None = None,
     ) -> None:
         if not callable(energy_fn):
             raise InvalidArgumentError(f"FunctionalModel: energy_fn must be callable; got {type(energy_fn).__name__}")
@@ -103,6 +107,7 @@ class FunctionalModel:
         self.supported_numbers = frozenset(int(z) for z in supported_numbers) if supported_numbers is not None else None
         self.name = str(name)
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
+        self.check_fn = check_fn
         first = next(iter(self.params.values()))
         self.dtype = first.dtype
         self.device = first.device
@@ -166,13 +171,16 @@ class FunctionalModel:
         frozen = {**self.frozen, **{k: v for k, v in self.params.items() if k not in chosen}}
         sub = FunctionalModel(self.energy_fn, chosen, frozen=frozen, embedding_fn=self.embedding_fn,
                               readout=self.readout, supported_numbers=self.supported_numbers, name=self.name,
-                              embedding_dim=self.embedding_dim)
+                              embedding_dim=self.embedding_dim, check_fn=self.check_fn)
         return sub
 
     # ---- evaluation -------------------------------------------------------------------
     def check(self, atoms, *, where: str = "FunctionalModel", arg: str = "atoms") -> None:
-        """Raise ``InvalidArgumentError`` if ``atoms`` cannot be fed to this model."""
+        """Raise ``InvalidArgumentError`` if ``atoms`` cannot be fed to this model (elements, finite
+        positions, and the model's own ``check_fn``, e.g. atoms it cannot place in its graph)."""
         check_atoms(atoms, where=where, arg=arg, supported_numbers=self.supported_numbers)
+        if self.check_fn is not None:
+            self.check_fn(atoms, where, arg)
 
     def positions(self, atoms, *, requires_grad: bool = False) -> torch.Tensor:
         """(N, 3) positions tensor in the model's dtype and device."""

@@ -10,10 +10,10 @@ import contextlib
 import io
 import os
 
-import numpy as np
 import torch
 
 from ...errors import InvalidArgumentError
+from ..cells import periodic_cell
 from ..functional import FunctionalModel
 
 __all__ = ["CHGNET_READOUT", "chgnet"]
@@ -37,13 +37,6 @@ def _load_checkpoint(path: str, where: str):
     except Exception as exc:  # corrupt file or one that needs arbitrary unpickling
         raise InvalidArgumentError(f"{where}: checkpoint {path} could not be loaded with weights_only=True: "
                       f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
-
-
-def _molecule_box(atoms, cutoff: float):
-    """Non-periodic structures get a cubic box wide enough that no image lies within the cutoff."""
-    pos = atoms.get_positions()
-    extent = float(np.max(np.ptp(pos, axis=0))) if len(atoms) > 1 else 0.0
-    return np.eye(3) * (extent + 2.0 * cutoff + 1.0)
 
 
 def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all",
@@ -112,12 +105,7 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
         return graph_cache[key]
 
     def build_graph(atoms):
-        if all(atoms.pbc):
-            cell = np.asarray(atoms.cell)
-        elif not any(atoms.pbc):
-            cell = _molecule_box(atoms, cutoff)
-        else:
-            raise InvalidArgumentError(f"ntkal.torch.models.chgnet: atoms.pbc must be all True or all False; got {atoms.pbc.tolist()}")
+        cell = periodic_cell(atoms, cutoff, "ntkal.torch.models.chgnet")  # slabs, molecules, cells alike
         structure = Structure(Lattice(cell), atoms.get_chemical_symbols(), atoms.get_positions(),
                               coords_are_cartesian=True, to_unit_cell=False)
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -146,6 +134,23 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
             hook.remove()
         return captured["h"]
 
+    def placeable(atoms, where, arg):
+        # CHGNet's graph needs a neighbour within its cutoff for every atom; its own converter stops on
+        # an isolated atom ("CHGNet calculation will likely go wrong"), so say which one, before any work.
+        from ase import Atoms
+        from ase.neighborlist import neighbor_list
+
+        box = Atoms(atoms.numbers, positions=atoms.get_positions(),
+                    cell=periodic_cell(atoms, cutoff, "ntkal.torch.models.chgnet"), pbc=True)
+        centres = neighbor_list("i", box, cutoff)
+        lonely = sorted(set(range(len(atoms))) - set(centres.tolist()))
+        if lonely:
+            k = lonely[0]
+            raise InvalidArgumentError(
+                f"{where}: {arg} has {len(lonely)} atom(s) with no neighbour within CHGNet's {cutoff:g} A cutoff "
+                f"(atom {k}, {atoms[k].symbol}): CHGNet cannot place them in its graph")
+
     model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=CHGNET_READOUT,
+                            check_fn=placeable,
                             supported_numbers=range(1, 95), name=name, embedding_dim=int(net.atom_fea_dim))
     return model.select(params)
