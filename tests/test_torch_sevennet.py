@@ -84,3 +84,32 @@ def test_slab_with_adsorbate_matches_the_calculator(model, calculator):
     ref.calc = calculator
     assert float(e.detach()) == pytest.approx(ref.get_potential_energy(), rel=1e-5)
     np.testing.assert_allclose(-g.numpy(), ref.get_forces(), atol=1e-4)
+
+
+@pytest.mark.parametrize("name,modal", [("7net-0_22May2024", None), ("7net-l3i5", None), ("7net-mf-0", "PBE")])
+def test_every_shipped_checkpoint_by_name_matches_its_calculator(name, modal):
+    from ase.build import bulk
+    from sevenn.calculator import SevenNetCalculator
+
+    si = bulk("Si", "diamond", a=5.43)
+    si.rattle(0.03, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = models.load(name, modal=modal)
+        ref = si.copy()
+        ref.calc = SevenNetCalculator(name, modal=modal, device="cpu")
+        expect = ref.get_potential_energy()
+    pos = m.positions(si, requires_grad=True)
+    assert float(m.energy(si, None, pos).detach()) == pytest.approx(expect, rel=1e-5)
+    assert name.lower() in m.name
+
+
+def test_sevennet_names_and_modal_errors():
+    with pytest.raises(ntkal.InvalidArgumentError, match="name must be one of the checkpoints the sevenn wheel ships"):
+        models.sevennet("7net-omat")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ntkal.InvalidArgumentError, match="modal must be one of"):
+            models.sevennet("7net-mf-0")
+        with pytest.raises(ntkal.InvalidArgumentError, match="single fidelity"):
+            models.sevennet("7net-0", modal="PBE")

@@ -42,8 +42,10 @@ def _params(text: str):
 
 def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=1024, rows_default="exact"):
     g = p.add_argument_group("model and features")
-    g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet or toy (default chgnet)")
-    g.add_argument("--checkpoint", default=None, help="CHGNet checkpoint file instead of the shipped 0.3.0 weights")
+    g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet (SevenNet-0), a SevenNet checkpoint "
+                   "the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, 7net-mf-0) or toy (default chgnet)")
+    g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped weights")
+    g.add_argument("--modal", default=None, help="fidelity of a multi-fidelity SevenNet (7net-mf-0), e.g. PBE")
     g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     g.add_argument("--kernel", default=kernel_default, help=f"one of {', '.join(KERNELS)} (default {kernel_default})")
     g.add_argument("--dim", type=int, default=dim_default, help=f"sketch width d (default {dim_default})")
@@ -104,14 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
 def _featurizer(args):
     from .torch import Featurizer, models
 
-    if args.model not in models.MODELS:
-        raise InvalidArgumentError(f"--model must be one of {', '.join(sorted(models.MODELS))}; "
-                                   f"got {args.model!r}")
+    if args.model.lower() not in models.names():
+        raise InvalidArgumentError(f"--model must be one of {', '.join(models.names())}; got {args.model!r}")
+    sevennet = args.model.lower() == "sevennet" or args.model.lower() in models.SEVENNET_SHIPPED
     kwargs = {"device": args.device}
     if args.checkpoint is not None:
-        if args.model != "chgnet":
-            raise InvalidArgumentError(f"--checkpoint is only supported with --model chgnet; got --model {args.model}")
+        if args.model != "chgnet" and not sevennet:
+            raise InvalidArgumentError(f"--checkpoint needs --model chgnet or sevennet; got --model {args.model}")
         kwargs["checkpoint"] = args.checkpoint
+    if args.modal is not None:
+        if not sevennet:
+            raise InvalidArgumentError(f"--modal is for a multi-fidelity SevenNet (7net-mf-0); got --model {args.model}")
+        kwargs["modal"] = args.modal
     if args.model == "toy":
         kwargs = {}
     model = models.load(args.model, **kwargs)

@@ -10,16 +10,26 @@ from __future__ import annotations
 from ...errors import InvalidArgumentError
 from ..functional import FunctionalModel
 from .chgnet import CHGNET_READOUT, chgnet
-from .sevennet import SEVENNET_READOUT, sevennet
+from .sevennet import SEVENNET_READOUT, SEVENNET_SHIPPED, sevennet
 from .toy import toy
 
-__all__ = ["CHGNET_READOUT", "MODELS", "SEVENNET_READOUT", "chgnet", "load", "sevennet", "toy"]
+__all__ = ["CHGNET_READOUT", "MODELS", "SEVENNET_READOUT", "SEVENNET_SHIPPED", "chgnet", "load", "names", "sevennet", "toy"]
 
 MODELS = {"chgnet": chgnet, "sevennet": sevennet, "toy": toy}
 
 
+def names() -> list:
+    """Every name :func:`load` takes: the factories and each SevenNet checkpoint the wheel ships."""
+    return sorted(MODELS) + sorted(SEVENNET_SHIPPED)
+
+
 def load(name: str, **kwargs) -> FunctionalModel:
-    """A model by name (``"chgnet"``, ``"sevennet"``, ``"toy"``)."""
-    if name not in MODELS:
-        raise InvalidArgumentError(f"ntkal.torch.models.load: model must be one of {sorted(MODELS)}; got {name!r}")
-    return MODELS[name](**kwargs)
+    """A model by name: ``"chgnet"``, ``"sevennet"`` (SevenNet-0), ``"toy"``, or a shipped SevenNet
+    checkpoint (``"7net-0"``, ``"7net-0_22may2024"``, ``"7net-l3i5"``, ``"7net-mf-0"``; pass ``modal``
+    for the multi-fidelity one)."""
+    key = name.lower() if isinstance(name, str) else name
+    if key in SEVENNET_SHIPPED:
+        return sevennet(key, **kwargs)
+    if key not in MODELS:
+        raise InvalidArgumentError(f"ntkal.torch.models.load: model must be one of {names()}; got {name!r}")
+    return MODELS[key](**kwargs)

@@ -16,10 +16,16 @@ import torch
 from ...errors import InvalidArgumentError
 from ..functional import FunctionalModel
 
-__all__ = ["SEVENNET_READOUT", "sevennet"]
+__all__ = ["SEVENNET_READOUT", "SEVENNET_SHIPPED", "sevennet"]
 
 
-_SEVENNET_CHECKPOINT = "pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth"
+# The checkpoints inside the sevenn 0.13 wheel (no download needed).
+SEVENNET_SHIPPED = {
+    "7net-0": "pretrained_potentials/SevenNet_0__11Jul2024/checkpoint_sevennet_0.pth",
+    "7net-0_22may2024": "pretrained_potentials/SevenNet_0__22May2024/checkpoint_sevennet_0.pth",
+    "7net-l3i5": "pretrained_potentials/SevenNet_l3i5/checkpoint_l3i5.pth",
+    "7net-mf-0": "pretrained_potentials/SevenNet_MF_0/checkpoint_sevennet_mf_0.pth",
+}
 # Readout: the two linear maps from node features to atomic energies (and the species rescale).
 SEVENNET_READOUT = ("reduce_input_to_hidden.*", "reduce_hidden_to_energy.*", "rescale_atomic_energy.*")
 
@@ -35,8 +41,9 @@ def _sevennet_safe_globals():
                                                            ("float64", "float32", "int64", "int32", "bool")]
 
 
-def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch.device = "cpu") -> FunctionalModel:
-    """Pretrained SevenNet-0 (11Jul2024, P = 842k, float32) as a :class:`FunctionalModel`.
+def sevennet(name: str = "7net-0", *, checkpoint: str | None = None, modal: str | None = None, params="all",
+             device: str | torch.device = "cpu") -> FunctionalModel:
+    """A pretrained SevenNet (default SevenNet-0 of 11Jul2024, P = 842k, float32) as a :class:`FunctionalModel`.
 
     The neighbour list (sevenn's graph builder, with cell shifts) is built once per structure;
     ``energy_fn`` recomputes the edge vectors ``pos[dst] - pos[src] + shift @ cell`` from the
@@ -46,8 +53,13 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
 
     Parameters
     ----------
+    name : str
+        A checkpoint the sevenn wheel ships: ``"7net-0"`` (SevenNet-0, 11Jul2024), ``"7net-0_22May2024"``,
+        ``"7net-l3i5"`` or ``"7net-mf-0"`` (multi-fidelity: pass ``modal``). Ignored with ``checkpoint``.
     checkpoint : str, optional
-        Path of a SevenNet checkpoint (default: SevenNet-0 inside the sevenn wheel).
+        Path of a SevenNet checkpoint file instead of a shipped one.
+    modal : str, optional
+        Fidelity of a multi-fidelity model (for SevenNet-MF-0 one of its ``modal_map`` keys, e.g. "PBE").
     params : "all", "readout" or list of str
     device : str or torch.device
     """
@@ -60,9 +72,16 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
         from sevenn.train.dataload import unlabeled_atoms_to_graph
     except ImportError as exc:
         raise InvalidArgumentError(f"{where}: the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')") from exc
-    name = "sevennet-0" if checkpoint is None else f"sevennet:{os.path.basename(str(checkpoint))}"
     if checkpoint is None:
-        checkpoint = os.path.join(os.path.dirname(sevenn.__file__), _SEVENNET_CHECKPOINT)
+        if not isinstance(name, str) or name.lower() not in SEVENNET_SHIPPED:
+            raise InvalidArgumentError(f"{where}: name must be one of the checkpoints the sevenn wheel ships, "
+                                       f"{sorted(SEVENNET_SHIPPED)}; got {name!r} (or pass checkpoint=PATH)")
+        checkpoint = os.path.join(os.path.dirname(sevenn.__file__), SEVENNET_SHIPPED[name.lower()])
+        label = f"sevennet:{name.lower()}"
+    else:
+        label = f"sevennet:{os.path.basename(str(checkpoint))}"
+    if modal is not None:
+        label += f"[{modal}]"
     checkpoint = str(checkpoint)
     if not os.path.isfile(checkpoint):
         raise InvalidArgumentError(f"{where}: checkpoint file not found: {checkpoint}")
@@ -93,6 +112,12 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
     net.set_is_batch_data(False)
     net.delete_module_by_key("force_output")  # we differentiate the energy ourselves
     net = net.to(device).eval()
+    modal_map = getattr(net, "modal_map", None) or {}
+    if modal_map and modal not in modal_map:
+        raise InvalidArgumentError(f"{where}: this model has several fidelities: modal must be one of "
+                                   f"{sorted(modal_map)}; got {modal!r}")
+    if not modal_map and modal is not None:
+        raise InvalidArgumentError(f"{where}: modal={modal!r} given, but this model has a single fidelity")
     cutoff = float(cp.config[KEY.CUTOFF])
     type_map = dict(cp.config[KEY.TYPE_MAP])
     graph_cache: dict = {}
@@ -115,6 +140,8 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
         cell = torch.as_tensor(raw[KEY.CELL], dtype=positions.dtype, device=positions.device).reshape(3, 3)
         shift = torch.as_tensor(raw[KEY.CELL_SHIFT], dtype=positions.dtype, device=positions.device)
         data[KEY.POS] = positions
+        if modal is not None:
+            data[KEY.DATA_MODALITY] = modal
         data[KEY.EDGE_VEC] = positions[dst] - positions[src] + shift @ cell
         hook = None
         if capture is not None:
@@ -139,5 +166,5 @@ def sevennet(*, checkpoint: str | None = None, params="all", device: str | torch
     frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
     frozen.update(dict(net.named_buffers()))
     model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=SEVENNET_READOUT,
-                            supported_numbers=type_map.keys(), name=name)
+                            supported_numbers=type_map.keys(), name=label)
     return model.select(params)
