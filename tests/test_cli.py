@@ -112,3 +112,14 @@ def test_demo_with_pretrained_chgnet(tmp_path, capsys, monkeypatch):
     assert "chgnet-0.3.0" in out and "wrote 3 structures" in out
     chosen = ase.io.read(tmp_path / "selected.extxyz", index=":")
     assert len(chosen) == 3 and all(a.info["ntkal_pv"] > 0 for a in chosen)
+
+
+def test_defaults_a_user_can_afford():
+    # exact 3N force rows at d 1024 cost ~20 s per 40-atom structure on 2 cores; k = 4 rows at d 512
+    # rank PV like exact rows (bench/RESULTS.md section 2) at ~1 s: they are the defaults
+    from ntkal.cli import build_parser
+
+    for cmd in (["select", "--pool", "p.extxyz", "-n", "1"], ["features", "--structures", "p.extxyz", "--out", "o"],
+                ["demo"]):
+        args = build_parser().parse_args(cmd)
+        assert args.force_rows == 4 and args.dim == 512 and args.kernel == "joint"

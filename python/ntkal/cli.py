@@ -40,7 +40,7 @@ def _params(text: str):
     return text if text in ("all", "readout") else [p for p in text.split(",") if p]
 
 
-def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=1024, rows_default="exact"):
+def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=512, rows_default="4"):
     g = p.add_argument_group("model and features")
     g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet (SevenNet-0), a SevenNet checkpoint "
                    "the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, 7net-mf-0) or toy (default chgnet)")
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
     p.add_argument("--strategy", default="pv_lcmd", help=f"one of {', '.join(STRATEGIES)} (default pv_lcmd)")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
-    _add_model_args(p, dim_default=512, rows_default="4")
+    _add_model_args(p)
     return parser
 
 
