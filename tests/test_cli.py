@@ -30,7 +30,7 @@ TOY = ["--model", "toy", "--dim", "32", "--workers", "1", "--no-progress"]
 
 
 def test_help_everywhere():
-    for argv in ([], ["select"], ["features"], ["demo"]):
+    for argv in ([], ["select"], ["score"], ["features"], ["demo"]):
         with pytest.raises(SystemExit) as exc:
             main(argv + ["--help"])
         assert exc.value.code == 0
@@ -123,3 +123,38 @@ def test_defaults_a_user_can_afford():
                 ["demo"]):
         args = build_parser().parse_args(cmd)
         assert args.force_rows == 4 and args.dim == 512 and args.kernel == "joint"
+
+
+def test_score_writes_every_pv_with_metadata(files, tmp_path, capsys):
+    import csv
+
+    d, train, pool = files
+    out, info_out = tmp_path / "scores.csv", tmp_path / "scored.extxyz"
+    code = main(["score", "--train", str(d / "train.extxyz"), "--pool", str(d / "pool.extxyz"), "--out", str(out),
+                 "--write-info", str(info_out), "--force-rows", "3"] + TOY)
+    assert code == 0
+    with open(out) as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in rows] == list(range(30))
+    assert {"formula", "n_atoms", "pv", "pv_per_row", "temperature_K"} <= set(rows[0])
+    f = Featurizer(models.toy(), "joint", dim=32, force_rows=3)
+    post = ntkal.Posterior(32).add(f(ase.io.read(d / "train.extxyz", index=":")))
+    np.testing.assert_allclose([float(r["pv"]) for r in rows], post.variance(f(pool)), rtol=1e-4)
+    assert [r["formula"] for r in rows] == [a.get_chemical_formula() for a in pool]
+    scored = ase.io.read(info_out, index=":")
+    np.testing.assert_allclose([a.info["ntkal_pv"] for a in scored], [float(r["pv"]) for r in rows])
+    assert "scored 30 structures" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["select", "score"])
+def test_plot_writes_a_png(files, tmp_path, command):
+    require("matplotlib")
+    d, _, _ = files
+    png = tmp_path / f"{command}.png"
+    argv = [command, "--train", str(d / "train.extxyz"), "--pool", str(d / "pool.extxyz"), "--plot", str(png),
+            "--out", str(tmp_path / ("sel.extxyz" if command == "select" else "s.csv"))] + TOY
+    if command == "select":
+        argv += ["-n", "4"]
+    assert main(argv) == 0
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000

@@ -51,6 +51,8 @@ class AcquisitionResult:
     n_pool, n_train : int
     cached_chunks, computed_chunks : int
         Feature chunks loaded from the cache / computed in this run.
+    features : Blocks or None
+        Feature rows of the selected structures, in pick order.
     """
 
     indices: np.ndarray
@@ -64,26 +66,33 @@ class AcquisitionResult:
     n_train: int = 0
     cached_chunks: int = 0
     computed_chunks: int = 0
+    features: Blocks | None = None
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
 
-    def summary(self, max_items: int = 10) -> str:
-        """A few lines for a terminal."""
-        t = self.timings
-        stages = ", ".join(f"{k} {v:.2f}s" for k, v in t.items())
-        shown = ", ".join(f"{i} (PV {p:.3g})" for i, p in zip(self.indices[:max_items], self.pv[:max_items]))
-        more = f", ... ({len(self) - max_items} more)" if len(self) > max_items else ""
-        return (f"strategy {self.strategy}: selected {len(self)} of {self.n_pool} pool structures "
-                f"(train {self.n_train}, shortlist {self.shortlist.shape[0]})\n"
-                f"timings: {stages}\n"
-                f"feature chunks: {self.computed_chunks} computed, {self.cached_chunks} from cache\n"
-                f"selected: {shown}{more}")
+    def summary(self, max_items: int = 10, structures=None) -> str:
+        """A few lines for a terminal: what was chosen, how long each stage took, and the picks
+        (with formula and atom count when ``structures``, the picked ase.Atoms, are given)."""
+        stages = ", ".join(f"{k} {v:.2f}s" for k, v in self.timings.items())
+        lines = [f"strategy {self.strategy}: selected {len(self)} of {self.n_pool} pool structures "
+                 f"(train {self.n_train}, shortlist {self.shortlist.shape[0]})",
+                 f"timings: {stages}",
+                 f"feature chunks: {self.computed_chunks} computed, {self.cached_chunks} from cache",
+                 "selected (rank: pool index" + (", formula, atoms" if structures is not None else "") + ", PV):"]
+        for rank, (i, pv) in enumerate(zip(self.indices[:max_items], self.pv[:max_items])):
+            what = f"  {structures[rank].get_chemical_formula():>14s}  {len(structures[rank]):5d} atoms" \
+                if structures is not None else ""
+            lines.append(f"  {rank:3d}: {int(i):6d}{what}  PV {pv:.4g}")
+        if len(self) > max_items:
+            lines.append(f"  ... ({len(self) - max_items} more)")
+        return "\n".join(lines)
 
 
 def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", shortlist: int | None = None,
             noise_var: float = 1e-3, seed: int = 0, chunk_size: int = 64, cache=None, progress: bool = True,
-            intensive: bool = False, scale: bool = False, precision: str = "float32") -> AcquisitionResult:
+            intensive: bool = False, scale: bool = False, precision: str = "float32",
+            on_features=None) -> AcquisitionResult:
     """Select ``n`` pool structures to label next.
 
     Parameters
@@ -115,6 +124,10 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
         tqdm bars on stderr.
     intensive, scale, precision
         Passed to :class:`ntkal.Posterior` / :meth:`ntkal.Posterior.variance`.
+    on_features : callable, optional
+        ``on_features(label, start, blocks)`` for every feature chunk as it streams by (``label`` is
+        "train" or "pool", ``start`` the chunk's first index): a way to keep what a report or plot
+        needs without a second pass over the pool.
 
     Returns
     -------
@@ -221,6 +234,8 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                     counts["cached"] += 1
                 timings[f"{label}_features"] += time.perf_counter() - t
                 bar.update(len(structures))
+                if on_features is not None:
+                    on_features(label, start, blocks)
                 yield blocks
         finally:
             bar.close()
@@ -251,7 +266,7 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
         timings["scoring"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         return AcquisitionResult(indices, pv, pv.copy(), strategy, np.zeros(0, np.int64), None, timings,
-                                 n_pool, n_train, counts["cached"], counts["computed"])
+                                 n_pool, n_train, counts["cached"], counts["computed"], picked)
 
     pool_pv = np.empty(n_pool, dtype=np.float64)
     t_loop = time.perf_counter()
@@ -282,4 +297,4 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     indices = kept_idx[local]
     timings["total"] = time.perf_counter() - t_start
     return AcquisitionResult(indices, pool_pv[indices], np.asarray(scores, dtype=np.float64), strategy, kept_idx,
-                             pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"])
+                             pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"], kept.take(local))

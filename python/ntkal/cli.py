@@ -66,7 +66,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
                                      "pick which structures to label next.")
-    sub = parser.add_subparsers(dest="command", metavar="{select,features,demo}")
+    sub = parser.add_subparsers(dest="command", metavar="{select,score,features,demo}")
 
     p = sub.add_parser("select", help="select a batch from a pool", description="Score a pool with the model's NTK "
                        "posterior variance and select a diverse batch; writes the chosen structures with their "
@@ -80,6 +80,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     p.add_argument("--intensive", action="store_true", help="rank by PV per row (mixed structure sizes)")
     p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="picture of the screen: PV distribution with the "
+                   "picks marked and a 2-D map (PCA of the distance vectors) of train, pool and picks")
+    _add_model_args(p)
+
+    p = sub.add_parser("score", help="posterior variance of every pool structure, no selection",
+                       description="Score every pool structure with the model's NTK posterior variance given the "
+                       "training set and write a CSV (index, formula, atoms, PV, PV per row, the structures' "
+                       "scalar info keys); for an uncertainty report or your own selection rule.")
+    p.add_argument("--train", default=None, help="labelled structures (extxyz or ASE db); omit for none")
+    p.add_argument("--pool", required=True, help="structures to score (extxyz or ASE db)")
+    p.add_argument("--out", default="scores.csv", help="CSV file (default scores.csv)")
+    p.add_argument("--write-info", default=None, metavar="FILE.extxyz",
+                   help="also write the pool with ntkal_pv in each structure's info")
+    p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
+    p.add_argument("--plot", default=None, metavar="FILE.png", help="PV distribution and 2-D map of the pool")
     _add_model_args(p)
 
     p = sub.add_parser("features", help="dump feature blocks to .npy", description="Write OUT.rows.npy "
@@ -138,6 +154,14 @@ def _write_selection(path, pool, result, extra_info=None):
     write_structures(path, chosen, info=info)
 
 
+def _sample_for_plot(args, n_pool: int):
+    if not getattr(args, "plot", None):
+        return None
+    from .plot import MapSample
+
+    return MapSample(n_pool, seed=args.seed)
+
+
 def cmd_select(args) -> int:
     from .acquire import acquire
     from .structures import StructureSource
@@ -147,14 +171,73 @@ def cmd_select(args) -> int:
     t_model = time.perf_counter() - t0
     pool = StructureSource(args.pool, where="ntkal select", arg="--pool")
     train = None if args.train is None else StructureSource(args.train, where="ntkal select", arg="--train")
+    sample = _sample_for_plot(args, len(pool))
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
                      noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
-                     progress=not args.no_progress, intensive=args.intensive)
+                     progress=not args.no_progress, intensive=args.intensive, on_features=sample)
     _write_selection(args.out, pool, result)
     print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
           f"P {featurizer.n_params}, d {featurizer.dim}")
-    print(result.summary())
+    print(result.summary(max_items=len(result), structures=pool.take(result.indices)))
+    if sample is not None:
+        from .plot import plot_screen
+        from .select import distance_vectors
+        from ._device import to_numpy
+
+        plot_screen(args.plot, result.pool_pv if result.pool_pv is not None else result.pv,
+                    result.indices if result.pool_pv is not None else None, sample,
+                    f"ntkal select: {result.strategy}, {len(result)} of {result.n_pool} ({featurizer.model.name}, "
+                    f"{featurizer.kernel}, d {featurizer.dim})",
+                    to_numpy(distance_vectors(result.features, seed=args.seed)))
+        print(f"wrote the picture to {args.plot}")
     print(f"wrote {len(result)} structures to {args.out}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    import csv
+
+    from .acquire import acquire
+    from .structures import StructureSource, write_structures
+
+    t0 = time.perf_counter()
+    featurizer = _featurizer(args)
+    pool = StructureSource(args.pool, where="ntkal score", arg="--pool")
+    train = None if args.train is None else StructureSource(args.train, where="ntkal score", arg="--train")
+    sample = _sample_for_plot(args, len(pool))
+    result = acquire(featurizer, train, pool, 1, strategy="topk", shortlist=1, noise_var=args.noise_var,
+                     seed=args.seed, chunk_size=args.chunk_size, cache=args.cache, progress=not args.no_progress,
+                     on_features=sample)
+    pv = result.pool_pv
+    rows, keys = [], []
+    for start, chunk in pool.chunks(args.chunk_size):
+        for i, atoms in enumerate(chunk):
+            extra = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool, np.number))}
+            keys += [k for k in extra if k not in keys]
+            n_rows = featurizer.n_rows(atoms)
+            rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
+                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1), **extra})
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    if args.write_info:
+        write_structures(args.write_info, [a for _, c in pool.chunks(args.chunk_size) for a in c],
+                         info=[{"ntkal_pv": r["pv"]} for r in rows])
+    order = np.argsort(-pv, kind="stable")
+    print(f"scored {len(pv)} structures in {time.perf_counter() - t0:.1f}s ({featurizer.model.name}, {featurizer.kernel}, "
+          f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+    print(f"PV: median {np.median(pv):.4g}, 90th percentile {np.percentile(pv, 90):.4g}, max {pv.max():.4g} "
+          f"(pool index {int(order[0])}, {rows[int(order[0])]['formula']})")
+    if sample is not None:
+        from .plot import plot_screen
+
+        plot_screen(args.plot, pv, None, sample, f"ntkal score: {len(pv)} structures ({featurizer.model.name}, "
+                    f"{featurizer.kernel}, d {featurizer.dim})")
+        print(f"wrote the picture to {args.plot}")
+    print(f"wrote {args.out}" + (f" and {args.write_info}" if args.write_info else ""))
     return 0
 
 
@@ -241,7 +324,7 @@ def main(argv=None) -> int:
     if args.no_progress:
         os.environ["NTKAL_NO_PROGRESS"] = "1"
     try:
-        return {"select": cmd_select, "features": cmd_features, "demo": cmd_demo}[args.command](args)
+        return {"select": cmd_select, "score": cmd_score, "features": cmd_features, "demo": cmd_demo}[args.command](args)
     except InvalidArgumentError as exc:
         message = str(exc).removeprefix(f"ntkal {args.command}: ")
         print(f"ntkal {args.command}: error: {message}", file=sys.stderr)
