@@ -46,6 +46,8 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
                    "the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, 7net-mf-0) or toy (default chgnet)")
     g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped weights")
     g.add_argument("--modal", default=None, help="fidelity of a multi-fidelity SevenNet (7net-mf-0), e.g. PBE")
+    g.add_argument("--allow-unsafe-load", action="store_true", help="--model mace: let the model file run the code it "
+                   "stores while loading (MACE files embed e3nn's generated modules); only for a file you trust")
     g.add_argument("--device", default="cpu", help="torch device of the model (default cpu)")
     g.add_argument("--kernel", default=kernel_default, help=f"one of {', '.join(KERNELS)} (default {kernel_default})")
     g.add_argument("--dim", type=int, default=dim_default, help=f"sketch width d (default {dim_default})")
@@ -127,13 +129,19 @@ def _featurizer(args):
     sevennet = args.model.lower() == "sevennet" or args.model.lower() in models.SEVENNET_SHIPPED
     kwargs = {"device": args.device}
     if args.checkpoint is not None:
-        if args.model != "chgnet" and not sevennet:
-            raise InvalidArgumentError(f"--checkpoint needs --model chgnet or sevennet; got --model {args.model}")
+        if args.model not in ("chgnet", "mace") and not sevennet:
+            raise InvalidArgumentError(f"--checkpoint needs --model chgnet, sevennet or mace; got --model {args.model}")
         kwargs["checkpoint"] = args.checkpoint
     if args.modal is not None:
         if not sevennet:
             raise InvalidArgumentError(f"--modal is for a multi-fidelity SevenNet (7net-mf-0); got --model {args.model}")
         kwargs["modal"] = args.modal
+    if args.model == "mace":
+        if args.checkpoint is None:
+            raise InvalidArgumentError("--model mace needs --checkpoint FILE (a MACE model file as mace-torch saves it)")
+        kwargs = {"model": args.checkpoint, "device": args.device, "allow_unsafe_load": args.allow_unsafe_load}
+    elif args.allow_unsafe_load:
+        raise InvalidArgumentError("--allow-unsafe-load is only for --model mace")
     if args.model == "toy":
         kwargs = {}
     model = models.load(args.model, **kwargs)

@@ -1,7 +1,8 @@
 """Model adapters: one module per architecture, each returning a :class:`ntkal.torch.FunctionalModel`.
 
 * :func:`chgnet` — pretrained CHGNet (embedded default);
-* :func:`sevennet` — SevenNet-0 (extra ``[sevenn]``);
+* :func:`sevennet` — SevenNet-0 and the other checkpoints the sevenn wheel ships (extra ``[sevenn]``);
+* :func:`mace` — a MACE model file or module (extra ``[mace]``; no weights ship offline);
 * :func:`toy` — a tiny float64 pair model for tests and examples.
 """
 
@@ -10,12 +11,13 @@ from __future__ import annotations
 from ...errors import InvalidArgumentError
 from ..functional import FunctionalModel
 from .chgnet import CHGNET_READOUT, chgnet
+from .mace import MACE_READOUT, mace
 from .sevennet import SEVENNET_READOUT, SEVENNET_SHIPPED, sevennet
 from .toy import toy
 
-__all__ = ["CHGNET_READOUT", "MODELS", "SEVENNET_READOUT", "SEVENNET_SHIPPED", "chgnet", "load", "names", "sevennet", "toy"]
+__all__ = ["CHGNET_READOUT", "MACE_READOUT", "MODELS", "SEVENNET_READOUT", "SEVENNET_SHIPPED", "chgnet", "load", "mace", "names", "sevennet", "toy"]
 
-MODELS = {"chgnet": chgnet, "sevennet": sevennet, "toy": toy}
+MODELS = {"chgnet": chgnet, "mace": mace, "sevennet": sevennet, "toy": toy}
 
 
 def names() -> list:

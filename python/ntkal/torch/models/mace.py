@@ -1,0 +1,131 @@
+"""A MACE model (mace-torch) as a FunctionalModel: a file as mace-torch saves it, or a module in memory.
+
+Loading is safe by default: ``torch.load(weights_only=True)`` with the mace, e3nn and torch.nn classes
+the file names allow-listed. A standard MACE file also names ``torch.fx``'s graph-module rebuilder,
+which *executes code stored in the file* (e3nn's generated modules); such a file is refused unless
+the caller passes ``allow_unsafe_load=True`` for a file they trust.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from ...errors import InvalidArgumentError
+from ..functional import FunctionalModel
+
+__all__ = ["MACE_READOUT", "mace"]
+
+MACE_READOUT = ("readouts.*",)
+_SAFE_PREFIXES = ("mace.", "e3nn.", "torch.nn.")
+
+
+def _import_mace(where: str):
+    # e3nn 0.4.4 (pinned by mace-torch) loads its constants with torch.load: allow that one builtin
+    torch.serialization.add_safe_globals([slice])
+    try:
+        from mace import data, tools
+        from mace.tools import torch_geometric
+    except ImportError as exc:
+        raise InvalidArgumentError(f"{where}: mace-torch is not installed (pip install 'ntkal[mace]')") from exc
+    return data, tools, torch_geometric
+
+
+def _load(path: str, where: str, allow_unsafe_load: bool):
+    if not os.path.isfile(path):
+        raise InvalidArgumentError(f"{where}: model file not found: {path}")
+    needed = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+    unsafe = [g for g in needed if not g.startswith(_SAFE_PREFIXES)]
+    if unsafe and not allow_unsafe_load:
+        raise InvalidArgumentError(
+            f"{where}: {path} cannot be loaded safely: besides mace/e3nn classes it needs {unsafe[:4]}"
+            f"{' ...' if len(unsafe) > 4 else ''}, which run code stored in the file (MACE files embed e3nn's "
+            "generated modules). Pass allow_unsafe_load=True (CLI: --allow-unsafe-load) only for a file you trust")
+    if unsafe:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    import importlib
+
+    classes = []
+    for name in needed:
+        module, _, attr = name.rpartition(".")
+        classes.append(getattr(importlib.import_module(module), attr))
+    try:
+        with torch.serialization.safe_globals(classes):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InvalidArgumentError(f"{where}: {path} is not a MACE model file: {type(exc).__name__}: {exc}") from exc
+
+
+def mace(model, *, params="all", device: str | torch.device = "cpu", head: str | None = None,
+         allow_unsafe_load: bool = False) -> FunctionalModel:
+    """A MACE model as a :class:`FunctionalModel` (total energy in eV, the model's dtype).
+
+    The graph (neighbour list with cell shifts, from mace's own ``AtomicData``) is built once per
+    structure; ``energy_fn`` swaps in the differentiable positions, so MACE recomputes edge vectors
+    and the energy through ``torch.func.functional_call``. Periodic cells, slabs and molecules are
+    handled by mace's neighbour list as the ``pbc`` flags say.
+
+    Parameters
+    ----------
+    model : str, os.PathLike or torch.nn.Module
+        A model file as mace-torch saves it (foundation or fine-tuned), or a MACE module.
+    params : "all", "readout" or list of str
+        Differentiated parameters: all, the readout(s), or fnmatch patterns (e.g. ``"interactions.1.*"``
+        and ``"products.1.*"`` for the last interaction of a two-layer model).
+    device : str or torch.device
+    head : str, optional
+        Head of a multi-head model (default: its first head).
+    allow_unsafe_load : bool
+        Let a model file run the code it stores while loading (see the module docstring).
+    """
+    where = "ntkal.torch.models.mace"
+    data, tools, torch_geometric = _import_mace(where)
+    if isinstance(model, torch.nn.Module):
+        net, name = model, "mace:module"
+    else:
+        net, name = _load(str(model), where, allow_unsafe_load), f"mace:{os.path.basename(str(model))}"
+    net = net.to(device).eval()
+    dtype = next(net.parameters()).dtype
+    r_max = float(net.r_max)
+    z_table = tools.AtomicNumberTable([int(z) for z in net.atomic_numbers])
+    heads = list(getattr(net, "heads", None) or ["Default"])
+    if head is not None and head not in heads:
+        raise InvalidArgumentError(f"{where}: head must be one of {heads}; got {head!r}")
+    head_index = heads.index(head) if head is not None else 0
+
+    graph_cache: dict = {}
+
+    def graph_of(atoms):
+        from ...structures import structure_digest
+
+        key = structure_digest(atoms)
+        if key not in graph_cache:
+            graph_cache.clear()
+            config = data.config_from_atoms(atoms)
+            config.head = heads[head_index]
+            kwargs = {"heads": heads} if len(heads) > 1 else {}
+            previous = torch.get_default_dtype()  # mace builds AtomicData in the default dtype: make it the
+            torch.set_default_dtype(dtype)        # model's, or float32 rounding of the cell shifts edge vectors
+            try:
+                atomic = data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, **kwargs)
+            finally:
+                torch.set_default_dtype(previous)
+            batch = next(iter(torch_geometric.dataloader.DataLoader([atomic], batch_size=1, shuffle=False)))
+            graph_cache[key] = {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point()
+                                    else v.to(device) if torch.is_tensor(v) else v)
+                                for k, v in batch.to_dict().items()}
+        return graph_cache[key]
+
+    def energy(p, positions, atoms):
+        batch = dict(graph_of(atoms))
+        batch["positions"] = positions
+        out = torch.func.functional_call(net, p, (batch,), {"compute_force": False, "training": False})
+        return out["energy"].reshape(-1)[0]
+
+    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
+    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
+    frozen.update(dict(net.named_buffers()))
+    fm = FunctionalModel(energy, trainable, frozen=frozen, readout=MACE_READOUT, supported_numbers=z_table.zs,
+                         name=name)
+    return fm.select(params)
