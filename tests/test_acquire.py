@@ -223,3 +223,37 @@ def test_failure_during_featurisation_names_the_structure_and_keeps_finished_chu
     rerun = Counting(featurizer)
     res = acquire(rerun, train, pool, 5, chunk_size=8, cache=cache, progress=False)
     assert rerun.structures == 40 - 24 and res.cached_chunks == 4  # train + 3 pool chunks were finished
+
+
+def test_on_error_skip_leaves_bad_structures_out_and_lists_them(featurizer, data, tmp_path):
+    train, pool = data
+    pool = [a.copy() for a in pool]
+    for i in (17, 30):
+        pool[i][0].symbol = "Ne"  # refused by the check
+    pool[27].info["explode"] = True  # fails while featurized
+    cache = tmp_path / "cache"
+    exploding = Exploding(featurizer)
+    exploding.check = featurizer.check
+    res = acquire(exploding, train, pool, 5, chunk_size=8, cache=cache, progress=False, on_error="skip")
+    assert [(label, i) for label, i, _ in res.skipped] == [("pool", 17), ("pool", 27), ("pool", 30)]
+    assert "Ne" in dict(((i, r) for _, i, r in res.skipped))[17] and "fell over" in res.skipped[1][2]
+    assert not set(res.indices.tolist()) & {17, 27, 30}
+    assert np.isnan(res.pool_pv[[17, 27, 30]]).all()
+    good = [i for i in range(40) if i not in (17, 27, 30)]
+    expect = reference_pv(featurizer, train, [pool[i] for i in good], 1e-3)
+    np.testing.assert_allclose(res.pool_pv[good], expect, rtol=1e-5)
+    assert "skipped 3 structure(s)" in res.summary()
+    # a rerun from the cache knows the empty blocks as left out (the exploding one now loads from the cache)
+    again = acquire(Counting(featurizer), train, pool, 5, chunk_size=8, cache=cache, progress=False, on_error="skip")
+    assert [i for _, i, _ in again.skipped] == [17, 27, 30]
+    np.testing.assert_array_equal(again.indices, res.indices)
+    with pytest.raises(ntkal.InvalidArgumentError, match="on_error must be one of"):
+        acquire(featurizer, train, pool, 5, on_error="ignore", progress=False)
+
+
+def test_a_featurizer_without_check_still_names_the_pool_index(featurizer, data):
+    train, pool = data
+    pool = [a.copy() for a in pool]
+    pool[21][0].symbol = "Ne"
+    with pytest.raises(ntkal.InvalidArgumentError, match=r"pool\[21\] \(.*\) could not be featurized: .*Ne"):
+        acquire(Counting(featurizer), train, pool, 5, chunk_size=8, progress=False)

@@ -18,7 +18,7 @@ from ._validation import as_int, as_positive_float
 from .blocks import Blocks
 from .errors import InvalidArgumentError
 from .feature_cache import FeatureCache, chunk_digest
-from .options import STRATEGIES, choice
+from .options import ON_ERROR, STRATEGIES, choice
 from .posterior import Posterior
 from .progress import bar as progress_bar
 from .select import select
@@ -53,6 +53,9 @@ class AcquisitionResult:
         Feature chunks loaded from the cache / computed in this run.
     features : Blocks or None
         Feature rows of the selected structures, in pick order.
+    skipped : list of (str, int, str)
+        ``(label, index, reason)`` of every train or pool structure left out with ``on_error="skip"``;
+        skipped pool structures have PV NaN and are never selected.
     """
 
     indices: np.ndarray
@@ -67,6 +70,7 @@ class AcquisitionResult:
     cached_chunks: int = 0
     computed_chunks: int = 0
     features: Blocks | None = None
+    skipped: list = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -86,13 +90,39 @@ class AcquisitionResult:
             lines.append(f"  {rank:3d}: {int(i):6d}{what}  PV {pv:.4g}")
         if len(self) > max_items:
             lines.append(f"  ... ({len(self) - max_items} more)")
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} structure(s) the model could not take:")
+            lines += [f"  {label}[{i}]: {reason}" for label, i, reason in self.skipped[:20]]
+            if len(self.skipped) > 20:
+                lines.append(f"  ... ({len(self.skipped) - 20} more)")
         return "\n".join(lines)
+
+
+def _listed(skipped: dict) -> list:
+    return [(label, i, reason) for (label, i), reason in sorted(skipped.items())]
+
+
+def _with_empty_blocks(parts: dict, n: int, dim) -> Blocks:
+    """Blocks for n structures: parts[i] rows for those featurized, no rows for the ones left out."""
+    sizes = np.array([parts[i].shape[0] if i in parts else 0 for i in range(n)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if parts:
+        from ._device import is_device_array
+
+        rows = [parts[i] for i in range(n) if i in parts]
+        if not any(is_device_array(r) for r in rows):
+            return Blocks(np.concatenate([np.asarray(r, dtype=np.float32) for r in rows]), offsets)
+        return Blocks(Blocks.from_list(rows).rows, offsets)
+    if dim is None:
+        raise InvalidArgumentError("acquire: every structure of a chunk was left out before the feature width was "
+                                   "known (embedding kernel); nothing to score")
+    return Blocks(np.zeros((0, int(dim)), np.float32), offsets)
 
 
 def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", shortlist: int | None = None,
             noise_var: float = 1e-3, seed: int = 0, chunk_size: int = 64, cache=None, progress: bool = True,
             intensive: bool = False, scale: bool = False, precision: str = "float32",
-            on_features=None) -> AcquisitionResult:
+            on_features=None, on_error: str = "stop") -> AcquisitionResult:
     """Select ``n`` pool structures to label next.
 
     Parameters
@@ -124,6 +154,10 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
         tqdm bars on stderr.
     intensive, scale, precision
         Passed to :class:`ntkal.Posterior` / :meth:`ntkal.Posterior.variance`.
+    on_error : {"stop", "skip"}
+        A structure the model cannot take (found by the check before any featurisation, or failing
+        while featurized): ``"stop"`` raises, naming it by index (finished chunks stay in the cache);
+        ``"skip"`` leaves it out, lists it in ``skipped`` and goes on.
     on_features : callable, optional
         ``on_features(label, start, blocks)`` for every feature chunk as it streams by (``label`` is
         "train" or "pool", ``start`` the chunk's first index): a way to keep what a report or plot
@@ -136,6 +170,7 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     t_start = time.perf_counter()
     where = "acquire"
     choice(strategy, STRATEGIES, where, "strategy")
+    choice(on_error, ON_ERROR, where, "on_error")
     if not callable(featurizer):
         raise InvalidArgumentError(f"acquire: featurizer must be callable (list of Atoms -> Blocks); "
                                    f"got {type(featurizer).__name__}")
@@ -177,39 +212,50 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                     featurizer.check(atoms, where=where, arg=f"{label}[{start + i}]")
                 except InvalidArgumentError as exc:
                     problems.append(str(exc))
+                    skipped[(label, start + i)] = str(exc).split(": ", 1)[-1]
             bar.update(len(structures))
         bar.close()
-        if problems:
+        if problems and on_error == "stop":
             more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
             raise InvalidArgumentError(f"{where}: {len(problems)} {label} structure(s) of {src.describe()} cannot be "
                                        "featurized by this model; nothing was computed:\n  " + "\n  ".join(problems[:5])
                                        + more)
 
     def featurize(structures, label: str, positions) -> Blocks:
-        """featurizer(structures); a failure names the structure (by index) and the model's reason."""
+        """featurizer(structures); a failure names the structure (by index) and the model's reason, or
+        (on_error="skip") leaves it out. Left-out structures get empty blocks, so indices stay aligned."""
+        todo = [i for i in range(len(structures)) if (label, positions[i]) not in skipped]
         try:
-            return featurizer(structures)
-        except InvalidArgumentError:
-            raise
-        except Exception as exc:
-            culprit = None
-            for i, atoms in enumerate(structures):  # only after a failure: find the structure
+            if len(todo) == len(structures):
+                return featurizer(structures)
+            parts = {}
+            if todo:
+                done = featurizer([structures[i] for i in todo])
+                parts = {i: done[k] for k, i in enumerate(todo)}
+        except Exception as exc:  # including the featurizer's own InvalidArgumentError: name the structure
+            parts = {}
+            for i in todo:  # only after a failure: featurize one by one to find the structure(s)
                 try:
-                    featurizer([atoms])
-                except Exception:
-                    culprit = i
-                    break
-            what = (f"{label}[{positions[culprit]}] ({structures[culprit].get_chemical_formula()})"
-                    if culprit is not None else f"{label}[{positions[0]}...{positions[-1]}]")
-            kept = f"; the {counts['computed']} finished chunk(s) are kept in the cache" if store is not None else ""
-            raise InvalidArgumentError(f"{where}: {what} could not be featurized: {type(exc).__name__}: {exc}{kept}") \
-                from exc
+                    parts[i] = featurizer([structures[i]])[0]
+                except Exception as one:
+                    if on_error == "skip":
+                        skipped[(label, positions[i])] = f"{type(one).__name__}: {one}"
+                        continue
+                    kept = f"; the {counts['computed']} finished chunk(s) are kept in the cache" if store else ""
+                    raise InvalidArgumentError(
+                        f"{where}: {label}[{positions[i]}] ({structures[i].get_chemical_formula()}) could not be "
+                        f"featurized: {type(one).__name__}: {one}{kept}") from one
+            if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
+                raise InvalidArgumentError(f"{where}: {label}[{positions[0]}...{positions[-1]}] could not be "
+                                           f"featurized together: {type(exc).__name__}: {exc}") from exc
+        return _with_empty_blocks(parts, len(structures), getattr(featurizer, "dim", None))
 
+    skipped: dict = {}  # (label, index) -> reason, with on_error="skip"
+    counts = {"cached": 0, "computed": 0}
     for src, label in ((train_src, "train"), (pool_src, "pool")):
         if src is not None:
             check_all(src, label)
 
-    counts = {"cached": 0, "computed": 0}
     timings = {"train_features": 0.0, "posterior": 0.0, "pool_features": 0.0, "scoring": 0.0, "select": 0.0}
 
     def feature_chunks(src: StructureSource, label: str):
@@ -234,6 +280,8 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                     counts["cached"] += 1
                 timings[f"{label}_features"] += time.perf_counter() - t
                 bar.update(len(structures))
+                for i in np.flatnonzero(blocks.sizes == 0):  # left out in this run or an earlier one
+                    skipped.setdefault((label, start + int(i)), "left out in an earlier run (empty features in the cache)")
                 if on_features is not None:
                     on_features(label, start, blocks)
                 yield blocks
@@ -243,6 +291,9 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     train_blocks = None
     if train_src is not None and len(train_src) > 0:
         train_blocks = Blocks.concatenate(list(feature_chunks(train_src, "train")))
+        if np.any(train_blocks.sizes == 0):  # skipped training structures are no centres either
+            present = np.flatnonzero(train_blocks.sizes > 0)
+            train_blocks = train_blocks.take(present) if present.size else None
 
     def make_posterior(dim: int) -> Posterior:
         t = time.perf_counter()
@@ -257,16 +308,20 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
 
     if strategy == "random":
         t = time.perf_counter()
-        indices = np.random.default_rng(seed).choice(n_pool, size=n, replace=False).astype(np.int64)
+        allowed = np.array([i for i in range(n_pool) if ("pool", i) not in skipped], dtype=np.int64)
+        if allowed.size < n:
+            raise InvalidArgumentError(f"{where}: n={n}, but only {allowed.size} pool structures are left after skipping")
+        indices = np.random.default_rng(seed).choice(allowed, size=n, replace=False).astype(np.int64)
         picked = featurize(pool_src.take(indices), "pool", indices)
         timings["pool_features"] = time.perf_counter() - t
         t = time.perf_counter()
         posterior = posterior or make_posterior(picked.dim)
         pv = to_numpy(posterior.variance(picked, intensive=intensive))
+        pv[picked.sizes == 0] = np.nan  # a pick that failed while featurized (on_error="skip")
         timings["scoring"] = time.perf_counter() - t
         timings["total"] = time.perf_counter() - t_start
         return AcquisitionResult(indices, pv, pv.copy(), strategy, np.zeros(0, np.int64), None, timings,
-                                 n_pool, n_train, counts["cached"], counts["computed"], picked)
+                                 n_pool, n_train, counts["cached"], counts["computed"], picked, _listed(skipped))
 
     pool_pv = np.empty(n_pool, dtype=np.float64)
     t_loop = time.perf_counter()
@@ -284,6 +339,15 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                                            return_rows=True, pv_out=pool_pv)
     timings["scoring"] = time.perf_counter() - t_loop - timings["pool_features"] - timings["posterior"]
     kept_idx = to_numpy(kept_idx)  # device runs: only indices and scores come back
+    if skipped:  # left-out structures (empty blocks, PV 0) are never candidates
+        for label, i in skipped:
+            if label == "pool":
+                pool_pv[i] = np.nan
+        keep = np.array([j for j, i in enumerate(kept_idx) if ("pool", int(i)) not in skipped], dtype=np.int64)
+        if keep.size < n:
+            raise InvalidArgumentError(f"{where}: n={n}, but only {keep.size} shortlisted pool structures are left "
+                                       f"after skipping {len(skipped)}")
+        kept_idx, kept_pv, kept = kept_idx[keep], to_numpy(kept_pv)[keep], kept.take(keep)
 
     t = time.perf_counter()
     if strategy == "topk":
@@ -297,4 +361,5 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     indices = kept_idx[local]
     timings["total"] = time.perf_counter() - t_start
     return AcquisitionResult(indices, pool_pv[indices], np.asarray(scores, dtype=np.float64), strategy, kept_idx,
-                             pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"], kept.take(local))
+                             pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"], kept.take(local),
+                             _listed(skipped))

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .options import KERNELS, SKETCH_KINDS, STRATEGIES
+from .options import KERNELS, ON_ERROR, SKETCH_KINDS, STRATEGIES
 
 __all__ = ["main", "build_parser"]
 
@@ -62,6 +62,9 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--workers", type=int, default=_default_workers(),
                    help="CPU worker processes (default: available cores, at most 8)")
     g.add_argument("--chunk-size", type=int, default=64, help="structures per feature chunk (default 64)")
+    g.add_argument("--on-error", choices=ON_ERROR, default="stop", help="a structure the model cannot take: stop "
+                   "(default; it is named by index, finished chunks stay in the cache) or skip it (listed in the "
+                   "summary and in OUT.skipped.csv / the scores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -162,6 +165,20 @@ def _write_selection(path, pool, result, extra_info=None):
     write_structures(path, chosen, info=info)
 
 
+def _write_skipped(out, skipped: list) -> None:
+    """OUT.skipped.csv beside the selection: every structure left out with --on-error skip, and why."""
+    if not skipped:
+        return
+    import csv
+
+    path = f"{os.path.splitext(str(out))[0]}.skipped.csv"
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "index", "reason"])
+        writer.writerows(skipped)
+    print(f"wrote the {len(skipped)} skipped structure(s) to {path}")
+
+
 def _sample_for_plot(args, n_pool: int):
     if not getattr(args, "plot", None):
         return None
@@ -182,8 +199,10 @@ def cmd_select(args) -> int:
     sample = _sample_for_plot(args, len(pool))
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
                      noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
-                     progress=not args.no_progress, intensive=args.intensive, on_features=sample)
+                     progress=not args.no_progress, intensive=args.intensive, on_features=sample,
+                     on_error=args.on_error)
     _write_selection(args.out, pool, result)
+    _write_skipped(args.out, result.skipped)
     print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
           f"P {featurizer.n_params}, d {featurizer.dim}")
     print(result.summary(max_items=len(result), structures=pool.take(result.indices)))
@@ -215,8 +234,9 @@ def cmd_score(args) -> int:
     sample = _sample_for_plot(args, len(pool))
     result = acquire(featurizer, train, pool, 1, strategy="topk", shortlist=1, noise_var=args.noise_var,
                      seed=args.seed, chunk_size=args.chunk_size, cache=args.cache, progress=not args.no_progress,
-                     on_features=sample)
+                     on_features=sample, on_error=args.on_error)
     pv = result.pool_pv
+    left_out = {i: reason for label, i, reason in result.skipped if label == "pool"}
     rows, keys = [], []
     for start, chunk in pool.chunks(args.chunk_size):
         for i, atoms in enumerate(chunk):
@@ -224,20 +244,23 @@ def cmd_score(args) -> int:
             keys += [k for k in extra if k not in keys]
             n_rows = featurizer.n_rows(atoms)
             rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
-                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1), **extra})
+                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1),
+                         "skipped": left_out.get(start + i, ""), **extra})
     tmp = f"{args.out}.tmp"
     with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", *keys])
+        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", "skipped", *keys])
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, args.out)
     if args.write_info:
         write_structures(args.write_info, [a for _, c in pool.chunks(args.chunk_size) for a in c],
                          info=[{"ntkal_pv": r["pv"]} for r in rows])
-    order = np.argsort(-pv, kind="stable")
+    order = np.argsort(-np.nan_to_num(pv, nan=-np.inf), kind="stable")
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} structure(s) the model could not take (reason in the CSV's skipped column)")
     print(f"scored {len(pv)} structures in {time.perf_counter() - t0:.1f}s ({featurizer.model.name}, {featurizer.kernel}, "
           f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
-    print(f"PV: median {np.median(pv):.4g}, 90th percentile {np.percentile(pv, 90):.4g}, max {pv.max():.4g} "
+    print(f"PV: median {np.nanmedian(pv):.4g}, 90th percentile {np.nanpercentile(pv, 90):.4g}, max {np.nanmax(pv):.4g} "
           f"(pool index {int(order[0])}, {rows[int(order[0])]['formula']})")
     if sample is not None:
         from .plot import plot_screen

@@ -16,6 +16,7 @@ DISTANCE_METHODS = tuple(_DISTANCE_METHOD)  # the METHODS that select on distanc
 POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
 METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")
 STRATEGIES = ("pv_lcmd", "greedy_pv", "topk", "random")  # ntkal.acquire
+ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
 KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
@@ -42,4 +43,4 @@ def name(engine_value, choices: tuple) -> str:
 
 
 __all__ = ["DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
-           "METHODS", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
+           "METHODS", "ON_ERROR", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
