@@ -47,7 +47,8 @@ class AcquisitionResult:
     pool_pv : ndarray, shape (n_pool,), float64 or None
         PV of every pool structure (None for ``random``, which featurizes only its picks).
     timings : dict of str -> float
-        Seconds per stage: train_features, posterior, pool_features, scoring, select, total.
+        Seconds per stage: check (every structure, before any featurisation), train_features,
+        posterior, pool_features, scoring, select, total.
     n_pool, n_train : int
     cached_chunks, computed_chunks : int
         Feature chunks loaded from the cache / computed in this run.
@@ -252,11 +253,13 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
 
     skipped: dict = {}  # (label, index) -> reason, with on_error="skip"
     counts = {"cached": 0, "computed": 0}
+    timings = {"check": 0.0, "train_features": 0.0, "posterior": 0.0, "pool_features": 0.0, "scoring": 0.0,
+               "select": 0.0}
+    t = time.perf_counter()
     for src, label in ((train_src, "train"), (pool_src, "pool")):
         if src is not None:
             check_all(src, label)
-
-    timings = {"train_features": 0.0, "posterior": 0.0, "pool_features": 0.0, "scoring": 0.0, "select": 0.0}
+    timings["check"] = time.perf_counter() - t
 
     def feature_chunks(src: StructureSource, label: str):
         """Blocks of each chunk, from the cache or the featurizer; featurisation time is charged here."""
