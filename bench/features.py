@@ -149,8 +149,12 @@ def main():
 
     torch.set_num_threads(1)
     ntkal.set_num_threads(1)
+    from _common import code_version
+
+    version = code_version()
     print(f"# bench/features.py: CHGNet 0.3.0, d={args.dim}, 1 torch thread, median of {args.repeats}; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; commit {version['commit']}"
+          f"{' (with uncommitted changes)' if version['dirty'] else ''}")
     model = models.chgnet()
     P = model.n_params
     t = time.perf_counter()
