@@ -158,3 +158,13 @@ def test_plot_writes_a_png(files, tmp_path, command):
     assert main(argv) == 0
     data = png.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000
+
+
+def test_on_error_only_where_it_acts():
+    from ntkal.cli import build_parser
+
+    parser = build_parser()
+    for cmd in (["select", "--pool", "p", "-n", "1"], ["score", "--pool", "p"], ["demo"]):
+        assert parser.parse_args(cmd + ["--on-error", "skip"]).on_error == "skip"
+    with pytest.raises(SystemExit):  # features does not run acquire: the flag would do nothing there
+        parser.parse_args(["features", "--structures", "p", "--out", "o", "--on-error", "skip"])

@@ -40,6 +40,12 @@ def _params(text: str):
     return text if text in ("all", "readout") else [p for p in text.split(",") if p]
 
 
+def _add_on_error(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--on-error", choices=ON_ERROR, default="stop", help="a structure the model cannot take: stop "
+                   "(default; it is named by index, finished chunks stay in the cache) or skip it (listed in the "
+                   "summary and in OUT.skipped.csv / the scores)")
+
+
 def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=512, rows_default="4"):
     g = p.add_argument_group("model and features")
     g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet (SevenNet-0), a SevenNet checkpoint "
@@ -62,9 +68,6 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--workers", type=int, default=_default_workers(),
                    help="CPU worker processes (default: available cores, at most 8)")
     g.add_argument("--chunk-size", type=int, default=64, help="structures per feature chunk (default 64)")
-    g.add_argument("--on-error", choices=ON_ERROR, default="stop", help="a structure the model cannot take: stop "
-                   "(default; it is named by index, finished chunks stay in the cache) or skip it (listed in the "
-                   "summary and in OUT.skipped.csv / the scores)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
@@ -87,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="picture of the screen: PV distribution with the "
                    "picks marked and a 2-D map (PCA of the distance vectors) of train, pool and picks")
+    _add_on_error(p)
     _add_model_args(p)
 
     p = sub.add_parser("score", help="posterior variance of every pool structure, no selection",
@@ -101,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="PV distribution and 2-D map of the pool")
+    _add_on_error(p)
     _add_model_args(p)
 
     p = sub.add_parser("features", help="dump feature blocks to .npy", description="Write OUT.rows.npy "
@@ -120,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="selected.extxyz", help="output file (default selected.extxyz)")
     p.add_argument("--strategy", default="pv_lcmd", help=f"one of {', '.join(STRATEGIES)} (default pv_lcmd)")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    _add_on_error(p)
     _add_model_args(p)
     return parser
 
@@ -322,7 +328,7 @@ def cmd_demo(args) -> int:
     featurizer = _featurizer(args)
     times["load model"] = time.perf_counter() - t
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, noise_var=args.noise_var,
-                     seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress)
+                     seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, on_error=args.on_error)
     _write_selection(args.out, StructureSource(pool), result)
     temps = np.array([a.info["temperature_K"] for a in pool], dtype=float)
     fmax = np.array([a.info["emt_max_force"] for a in pool])
