@@ -5,7 +5,6 @@ every vocabulary is spelled in one place (ntkal.options)."""
 from __future__ import annotations
 
 import ast
-import os
 import pathlib
 import subprocess
 import sys

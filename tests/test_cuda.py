@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ntkal
-from ntkal._device import is_device_array
+from ntkal._device import is_device_array, to_numpy
 from ntkal.backends import cuda as cb
 from ntkal._loader import _core
 
@@ -123,7 +123,7 @@ def _dev(a, lib="torch"):
 
 
 def _host(x):
-    return cb.to_host(x)
+    return to_numpy(x)
 
 
 def _posterior(gen, d, precision="float32", scale=False, noise_var=1e-2, n_train=400):

@@ -5,7 +5,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ._device import is_device_array
+from ._device import is_device_array, to_numpy
 from ._validation import as_offsets, as_rows
 from .errors import fail
 
@@ -25,11 +25,7 @@ def _device_rows(rows, where: str, name: str):
 
 def _host_offsets(offsets):
     """Offsets given on a device come to the host: they are n + 1 integers, validated there."""
-    if offsets is None or not is_device_array(offsets):
-        return offsets
-    if hasattr(offsets, "get"):  # CuPy
-        return offsets.get()
-    return offsets.detach().cpu().numpy()
+    return to_numpy(offsets) if is_device_array(offsets) else offsets
 
 
 def _gather(rows, row_index: np.ndarray):
@@ -139,8 +135,7 @@ class Blocks:
         """These blocks with their rows on the host (a copy only when they are on a device)."""
         if self.on_host:
             return self
-        rows = self.rows.get() if hasattr(self.rows, "get") else self.rows.detach().cpu().numpy()
-        return Blocks(rows, self.offsets)
+        return Blocks(to_numpy(self.rows), self.offsets)
 
     @staticmethod
     def from_list(arrays: Sequence) -> "Blocks":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import backends
+from ._device import to_numpy
 from ._validation import as_int
 from .blocks import Blocks
 from .errors import fail
@@ -92,7 +93,7 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
         if pv_out is not None:
             if base + b.n_blocks > pv_out.shape[0]:
                 fail(where, f"pv_out has {pv_out.shape[0]} entries; the pool has more structures")
-            pv_out[base:base + b.n_blocks] = backend.to_host(pv)
+            pv_out[base:base + b.n_blocks] = to_numpy(pv)
         idx = backend.arange(base, base + b.n_blocks, b)
         if kept_pv is not None:  # kept entries first: on equal PV they have the lower indices
             pv, idx = backend.concatenate([kept_pv, pv]), backend.concatenate([kept_idx, idx])
@@ -101,7 +102,7 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
         if return_rows:
             here = Blocks._trusted(backend.array(b), b.offsets_host)
             candidates = here if kept_rows is None else Blocks.concatenate([kept_rows, here])
-            kept_rows = candidates.take(backend.to_host(positions))
+            kept_rows = candidates.take(to_numpy(positions))
         base += b.n_blocks
         if progress is not None:
             progress(base)

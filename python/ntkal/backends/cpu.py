@@ -21,10 +21,6 @@ def blocks(rows, offsets, where: str, *, width: int | None = None, names=("rows"
     return BlockArgs(r, o, o, r.shape[0] if o is None else o.shape[0] - 1, r.shape[1])
 
 
-def to_host(x) -> np.ndarray:
-    return np.asarray(x)
-
-
 def array(b: BlockArgs) -> np.ndarray:
     """The validated rows as the array a user gets back."""
     return b.rows

@@ -379,14 +379,6 @@ def blocks(rows, offsets, where: str, *, width: int | None = None, names=("rows"
     return BlockArgs(m, off_dev, off_host, n_blocks, m.shape[1])
 
 
-def to_host(x) -> np.ndarray:
-    """A NumPy copy of a CUDA array (small results: indices, scores, offsets)."""
-    if isinstance(x, np.ndarray):
-        return x
-    lib = _library_for(x, "to_host", "x")
-    return lib.to_numpy(lib.adopt(x))
-
-
 # ---- array helpers on the arrays' own library and device -------------------------------------------------
 
 def array(b: BlockArgs):
