@@ -5,7 +5,6 @@
 #include <string>
 
 #include "fixed_order.hpp"
-#include "nearest_centre.hpp"
 
 namespace ntkal {
 
