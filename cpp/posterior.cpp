@@ -44,6 +44,30 @@ void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
   dirty_ = true;
 }
 
+void training_gram(const float* rows, int64_t n_rows, int64_t dim, double* out) {
+  std::fill(out, out + dim * dim, 0.0);
+  const int64_t chunk = std::max<int64_t>(1, Posterior::kChunkElems / dim);
+  std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim));
+  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
+    const int64_t n = std::min(chunk, n_rows - r0);
+    const float* src = rows + r0 * dim;
+    for (int64_t i = 0; i < n * dim; ++i) buf[i] = src[i];
+    fixed::syrk_lower_add(dim, n, buf.data(), dim, out, dim);
+  }
+}
+
+void Posterior::add_gram(const double* gram, int64_t n_rows, int64_t n_blocks) {
+  const int64_t d = dim_;
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t j = 0; j <= i; ++j) gram_[i * d + j] += gram[i * d + j];
+  std::lock_guard<std::mutex> lock(mutex_);
+  n_rows_ += n_rows;
+  n_blocks_ += n_blocks;
+  trace_ = 0.0;
+  for (int64_t i = 0; i < d; ++i) trace_ += gram_[i * d + i];
+  dirty_ = true;
+}
+
 void Posterior::factor_locked() const {
   const int64_t d = dim_;
   c_ = (scale_ && n_rows_ > 0 && trace_ > 0.0) ? static_cast<double>(n_rows_) / trace_ : 1.0;

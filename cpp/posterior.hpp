@@ -12,6 +12,10 @@
 namespace ntkal {
 
 
+// sum_r phi_r^T phi_r of float32 rows in float64 (lower triangle of out, dim x dim, zeroed first), with
+// the engine's fixed-order syrk: the partial Gram of one feature chunk.
+void training_gram(const float* rows, int64_t n_rows, int64_t dim, double* out);
+
 class Posterior {
  public:
   Posterior(int64_t dim, double noise_var, bool scale, Precision precision);
@@ -19,6 +23,12 @@ class Posterior {
 
   // Condition on training rows (n_rows x dim); n_blocks only counts structures.
   void add(const float* rows, int64_t n_rows, int64_t n_blocks);
+  // Condition on a precomputed partial Gram (dim x dim, row-major; the lower triangle is read), e.g. one
+  // per feature chunk from training_gram(): chunk Grams summed in a fixed order give the same bits on
+  // one process or on many.
+  void add_gram(const double* gram, int64_t n_rows, int64_t n_blocks);
+  // The accumulated sum Phi^T Phi (lower triangle, row-major dim x dim).
+  const std::vector<double>& gram() const { return gram_; }
   // Trace PV per block (intensive: divided by the block's row count). out has blocks.n_blocks entries.
   void variance(const BlocksView& blocks, bool intensive, double* out) const;
   // Whitened rows psi_r = sqrt(c) L^{-1} phi_r in float64 (n x dim, row-major).

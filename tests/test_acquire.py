@@ -143,11 +143,14 @@ def test_cache_resumes_after_interruption_with_identical_output(featurizer, data
     assert third.structures == 8
 
 
-def test_cache_keys_on_featurizer_config(featurizer, data, tmp_path):
+def test_store_of_another_featurizer_is_refused(featurizer, data, tmp_path):
     train, pool = data
     acquire(featurizer, train, pool, 3, chunk_size=20, cache=tmp_path, progress=False)
     other = Counting(Featurizer(featurizer.base_model, "joint", dim=24, force_rows=3, seed=1))
-    acquire(other, train, pool, 3, chunk_size=20, cache=tmp_path, progress=False)
+    with pytest.raises(ntkal.InvalidArgumentError, match="cache .* holds features of another featurizer"):
+        acquire(other, train, pool, 3, chunk_size=20, cache=tmp_path, progress=False)
+    assert other.structures == 0
+    acquire(other, train, pool, 3, chunk_size=20, cache=tmp_path / "other", progress=False)
     assert other.structures == 46
 
 
@@ -218,7 +221,7 @@ def test_failure_during_featurisation_names_the_structure_and_keeps_finished_chu
         acquire(Exploding(featurizer), train, pool, 5, chunk_size=8, cache=cache, progress=False)
     msg = str(info.value)
     assert f"pool[27] ({pool[27].get_chemical_formula()})" in msg and "the model fell over" in msg
-    assert "kept in the cache" in msg
+    assert "kept in the feature store" in msg
     del pool[27].info["explode"]
     rerun = Counting(featurizer)
     res = acquire(rerun, train, pool, 5, chunk_size=8, cache=cache, progress=False)

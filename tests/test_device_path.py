@@ -36,10 +36,10 @@ class RecordingSketch:
 def test_device_path_projects_tensors_on_the_model_device(kernel, rows, monkeypatch):
     model = models.toy(seed=3, hidden=4, n_radial=3)
     atoms = [molecule("CH3OH"), molecule("H2O")]
-    host = Featurizer(model, kernel, dim=16, force_rows=rows, workers=1, progress=False)
+    host = Featurizer(model, kernel, dim=16, force_rows=rows, progress=False)
     expect = host(atoms)
 
-    dev = Featurizer(model, kernel, dim=16, force_rows=rows, workers=1, progress=False)
+    dev = Featurizer(model, kernel, dim=16, force_rows=rows, progress=False)
     recorder = RecordingSketch(dev.sketch)
     dev._sketch = recorder
     monkeypatch.setattr(Featurizer, "_keeps_device", lambda self: True)
@@ -67,7 +67,7 @@ def test_cuda_featurizer_keeps_features_on_the_device():
     from ase.build import bulk
 
     model = models.chgnet(device="cuda")
-    feat = Featurizer(model, "joint", dim=64, force_rows=2, workers=1, progress=False)
+    feat = Featurizer(model, "joint", dim=64, force_rows=2, progress=False)
     cells = [bulk("Si", "diamond", a=5.43), bulk("Si", "diamond", a=5.50)]
     for c in cells:
         c.rattle(0.02, seed=1)

@@ -147,16 +147,16 @@ def test_slab_with_adsorbate_matches_chgnet_on_the_same_cell(model, native):
 def test_thin_vacuum_warns_and_features_still_come(model):
     slab = _slab(vacuum=2.0)
     with pytest.warns(UserWarning, match="vacuum along non-periodic cell vector 2 is .* shorter than the model's cutoff"):
-        rows = Featurizer(model, "joint", dim=32, force_rows=2, workers=1, progress=False).features(slab)
+        rows = Featurizer(model, "joint", dim=32, force_rows=2, progress=False).features(slab)
     assert rows.shape == (3, 32) and np.all(np.isfinite(rows))
 
 
 def test_slab_force_rows_sum_to_zero_and_mixed_pool(model, si):
     slab, mol = _slab(), molecule("H2O")
-    feat = Featurizer(model, "force", dim=16, workers=1, progress=False)
+    feat = Featurizer(model, "force", dim=16, progress=False)
     J = feat.jacobian(slab)
     np.testing.assert_allclose(J.reshape(len(slab), 3, -1).sum(axis=0), 0.0, atol=2e-4 * np.abs(J).max())
-    blocks = Featurizer(model, "joint", dim=16, force_rows=2, workers=1, progress=False)([si, slab, mol])
+    blocks = Featurizer(model, "joint", dim=16, force_rows=2, progress=False)([si, slab, mol])
     assert len(blocks) == 3 and np.all(np.isfinite(blocks.rows))
 
 
@@ -164,6 +164,6 @@ def test_isolated_atom_is_refused_up_front_with_its_index(model, si):
     from ntkal.acquire import acquire
 
     lone = Atoms("CuO", positions=[[0, 0, 0], [0, 0, 9.0]], pbc=False)  # 9 A apart: O has no neighbour
-    feat = Featurizer(model, "energy", dim=8, workers=1, progress=False)
+    feat = Featurizer(model, "energy", dim=8, progress=False)
     with pytest.raises(ntkal.InvalidArgumentError, match=r"pool\[1\] has 2 atom\(s\) with no neighbour within CHGNet's 6 A"):
         acquire(feat, [si], [si, lone], 1, progress=False)

@@ -15,6 +15,20 @@ static py::array_t<double> square(std::vector<double>&& v, int64_t d) {
 }
 
 void register_posterior(py::module_& m) {
+  m.def("training_gram",
+        [](const F32& rows) {
+          RowsView r = rows_view(rows, "training_gram");
+          py::array_t<double> out({r.dim, r.dim});
+          double* o = out.mutable_data();
+          {
+            py::gil_scoped_release release;
+            training_gram(r.data, r.n_rows, r.dim, o);
+          }
+          for (int64_t i = 0; i < r.dim; ++i)
+            for (int64_t j = i + 1; j < r.dim; ++j) o[i * r.dim + j] = o[j * r.dim + i];
+          return out;
+        },
+        py::arg("rows"), "sum_r phi_r^T phi_r in float64 (dim, dim), symmetric: one chunk's partial Gram.");
   py::class_<Posterior>(m, "Posterior")
       .def(py::init<int64_t, double, bool, Precision>(),
            py::arg("dim"), py::arg("noise_var"), py::arg("scale"), py::arg("precision"))
@@ -25,6 +39,26 @@ void register_posterior(py::module_& m) {
              py::gil_scoped_release release;
              p.add(r.data, r.n_rows, n_blocks);
            })
+      .def("add_gram",
+           [](Posterior& p, const py::array_t<double, py::array::c_style | py::array::forcecast>& gram,
+              int64_t n_rows, int64_t n_blocks) {
+             if (gram.ndim() != 2 || gram.shape(0) != p.dim() || gram.shape(1) != p.dim())
+               throw InvalidArgument("Posterior.add_gram: gram must have shape (dim, dim) = (" +
+                                     std::to_string(p.dim()) + ", " + std::to_string(p.dim()) + ")");
+             if (n_rows < 0 || n_blocks < 0)
+               throw InvalidArgument("Posterior.add_gram: n_rows and n_blocks must be >= 0");
+             const double* g = gram.data();
+             py::gil_scoped_release release;
+             p.add_gram(g, n_rows, n_blocks);
+           })
+      .def_property_readonly("gram",
+                             [](const Posterior& p) {
+                               std::vector<double> g = p.gram();
+                               const int64_t d = p.dim();
+                               for (int64_t i = 0; i < d; ++i)
+                                 for (int64_t j = i + 1; j < d; ++j) g[i * d + j] = g[j * d + i];
+                               return square(std::move(g), d);
+                             })
       .def("variance",
            [](const Posterior& p, const F32& rows, const py::object& offsets, bool intensive) {
              BlocksView b = blocks_view(rows, offsets, "Posterior.variance");

@@ -659,3 +659,59 @@ def select(rows, offsets, n: int, method: str = "lcmd", train_rows=None, train_o
             tvecs = gram_sketch(t_rows, t_off, d, seed) if multi else t_rows
         return (lcmd if method == "lcmd" else maxdist)(vecs, n, tvecs)
     raise ValueError(f"select: unknown method {method!r}")
+
+
+def training_gram(rows) -> np.ndarray:
+    """sum_r phi_r^T phi_r in float64."""
+    r = np.asarray(rows, dtype=np.float64)
+    return r.T @ r
+
+
+def leave_one_out_variance(train_rows, train_offsets, noise_var: float, scale: bool = False,
+                           intensive: bool = False) -> np.ndarray:
+    """PV of each training block under the posterior built from all other training blocks (from scratch)."""
+    rows = np.asarray(train_rows, dtype=np.float64)
+    offsets = _offsets_or_default(rows, train_offsets)
+    c = feature_scale(rows, scale)  # the full training set fixes c, as in the product
+    out = np.empty(len(offsets) - 1)
+    for i in range(len(offsets) - 1):
+        a, b = offsets[i], offsets[i + 1]
+        others = np.concatenate([rows[:a], rows[b:]])
+        A = noise_var * np.eye(rows.shape[1]) + c * others.T @ others
+        block = rows[a:b]
+        out[i] = noise_var * c * np.trace(block @ np.linalg.solve(A, block.T))
+        if intensive:
+            out[i] /= (b - a)
+    return out
+
+
+def variance_reduction_greedy(rows, offsets, n: int, train_rows, noise_var: float, target_rows,
+                              scale: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy integrated-variance reduction from explicit inverses: reduction of block x =
+    noise_var c tr[(A^{-1} - (A + c X^T X)^{-1}) M], M = sum_t phi_t^T phi_t over the target rows."""
+    rows = np.asarray(rows, dtype=np.float64)
+    offsets = _offsets_or_default(rows, offsets)
+    train = np.asarray(train_rows, dtype=np.float64)
+    c = feature_scale(train, scale)
+    d = rows.shape[1]
+    A = noise_var * np.eye(d) + c * train.T @ train
+    T = np.asarray(target_rows, dtype=np.float64)
+    M = T.T @ T
+    chosen = np.zeros(len(offsets) - 1, dtype=bool)
+    picks, gains = [], []
+    for _ in range(n):
+        Ainv = np.linalg.inv(A)
+        base = np.trace(Ainv @ M)
+        g = np.full(len(offsets) - 1, -np.inf)
+        for i in range(len(offsets) - 1):
+            if chosen[i] or offsets[i + 1] == offsets[i]:
+                continue
+            X = rows[offsets[i]:offsets[i + 1]]
+            g[i] = noise_var * c * (base - np.trace(np.linalg.inv(A + c * X.T @ X) @ M))
+        best = _first_argmax(g)
+        picks.append(best)
+        gains.append(g[best])
+        chosen[best] = True
+        X = rows[offsets[best]:offsets[best + 1]]
+        A = A + c * X.T @ X
+    return np.array(picks, dtype=np.int64), np.array(gains)

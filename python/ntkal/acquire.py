@@ -1,14 +1,22 @@
 """End-to-end acquisition: featurize train and pool in chunks, score PV, shortlist, select a batch.
 
-Pool features are streamed: memory holds one chunk of features, the training features, and the
-running shortlist — never the whole pool. With ``cache=DIR`` finished chunks are kept on disk
-(:class:`ntkal.feature_cache.FeatureCache`); a rerun, after an interruption or not, loads them
-instead of recomputing them and produces identical output.
+Phases: check every structure; featurize the training set chunk by chunk (partial Grams, summed in
+a fixed tree); factor the posterior; optionally calibrate its output scale on labelled residuals;
+featurize and score the pool chunk by chunk (each chunk returns its PVs and best candidates per
+stratum); merge the shortlists; read the shortlisted rows back from the feature store and select.
+Chunks run in this process or on Dask workers (:mod:`ntkal.executors`), with the same result.
+
+Every chunk is written to a feature store (:class:`ntkal.feature_store.FeatureStore`): ``cache=DIR``
+keeps it, so a rerun after an interruption loads the finished chunks and produces identical
+output; without ``cache`` a temporary store is removed at the end. Memory holds one chunk per
+process, the training features, the d x d Gram and the shortlist, never the whole pool.
 """
 from __future__ import annotations
 
-import itertools
+import shutil
+import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,13 +25,17 @@ from ._device import to_numpy
 from ._validation import as_int, as_positive_float
 from .blocks import Blocks
 from .errors import InvalidArgumentError
-from .feature_cache import FeatureCache, chunk_digest
-from .options import ON_ERROR, STRATEGIES, choice
+from .calibration import Calibration, calibrate as fit_calibration, force_residual_sq, leave_one_out_variance
+from .executors import InProcess, executor_for
+from .feature_store import FeatureStore, chunk_digest
+from .options import CALIBRATE, ON_ERROR, STRATA, STRATEGIES, choice
 from .posterior import Posterior
 from .progress import bar as progress_bar
+from .screen import ChunkContext, ChunkTask, TreeSum, featurize_chunk, merge_top, pack
 from .select import select
-from .shortlist import shortlist as pv_shortlist
-from .structures import StructureSource
+from .strata import composition_key, quotas
+from .structures import StructureSource, structure_digest
+from .variance_reduction import variance_reduction_greedy
 
 __all__ = ["AcquisitionResult", "acquire"]
 
@@ -52,6 +64,12 @@ class AcquisitionResult:
     n_pool, n_train : int
     cached_chunks, computed_chunks : int
         Feature chunks loaded from the cache / computed in this run.
+    quotas : dict of str -> int
+        Picks per stratum (``{"*": n}`` without strata).
+    calibration : Calibration or None
+        Output scale per stratum fitted on the training labels (``calibrate``).
+    excluded : ndarray of int64
+        Pool structures never picked because the training set holds the same geometry.
     features : Blocks or None
         Feature rows of the selected structures, in pick order.
     skipped : list of (str, int, str)
@@ -72,6 +90,9 @@ class AcquisitionResult:
     computed_chunks: int = 0
     features: Blocks | None = None
     skipped: list = field(default_factory=list)
+    quotas: dict = field(default_factory=dict)
+    calibration: Calibration | None = None
+    excluded: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
     def __len__(self) -> int:
         return int(self.indices.shape[0])
@@ -91,6 +112,12 @@ class AcquisitionResult:
             lines.append(f"  {rank:3d}: {int(i):6d}{what}  PV {pv:.4g}")
         if len(self) > max_items:
             lines.append(f"  ... ({len(self) - max_items} more)")
+        if len(self.quotas) > 1:
+            lines.append("picks per stratum: " + ", ".join(f"{k} {q}" for k, q in sorted(self.quotas.items())))
+        if self.calibration is not None:
+            lines.append(self.calibration.summary())
+        if self.excluded.size:
+            lines.append(f"{self.excluded.size} pool structure(s) already in the training set were not candidates")
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} structure(s) the model could not take:")
             lines += [f"  {label}[{i}]: {reason}" for label, i, reason in self.skipped[:20]]
@@ -103,66 +130,94 @@ def _listed(skipped: dict) -> list:
     return [(label, i, reason) for (label, i), reason in sorted(skipped.items())]
 
 
-def _with_empty_blocks(parts: dict, n: int, dim) -> Blocks:
-    """Blocks for n structures: parts[i] rows for those featurized, no rows for the ones left out."""
-    sizes = np.array([parts[i].shape[0] if i in parts else 0 for i in range(n)], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    if parts:
-        from ._device import is_device_array
+def _source(value, where: str, arg: str):
+    if value is None or isinstance(value, StructureSource):
+        return value
+    return StructureSource(value, where=where, arg=arg)
 
-        rows = [parts[i] for i in range(n) if i in parts]
-        if not any(is_device_array(r) for r in rows):
-            return Blocks(np.concatenate([np.asarray(r, dtype=np.float32) for r in rows]), offsets)
-        return Blocks(Blocks.from_list(rows).rows, offsets)
-    if dim is None:
-        raise InvalidArgumentError("acquire: every structure of a chunk was left out before the feature width was "
-                                   "known (embedding kernel); nothing to score")
-    return Blocks(np.zeros((0, int(dim)), np.float32), offsets)
+
+def _reference_forces(atoms, where: str, arg: str) -> np.ndarray:
+    """Labelled forces of a training structure (extxyz / ASE db labels load as a calculator)."""
+    try:
+        forces = atoms.get_forces() if atoms.calc is not None else atoms.arrays.get("forces")
+    except Exception as exc:  # noqa: BLE001 - a calculator without forces
+        raise InvalidArgumentError(f"{where}: {arg} has no reference forces ({type(exc).__name__}: {exc}); "
+                                   "calibrate needs labelled training structures") from exc
+    if forces is None:
+        raise InvalidArgumentError(f"{where}: {arg} has no reference forces; calibrate needs labelled training "
+                                   "structures (extxyz forces or an ASE db with forces)")
+    return np.asarray(forces, dtype=np.float64)
+
+
+def _has_forces(atoms) -> bool:
+    try:
+        return (atoms.calc is not None and "forces" in getattr(atoms.calc, "results", {})) or "forces" in atoms.arrays
+    except Exception:  # noqa: BLE001
+        return False
 
 
 def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", shortlist: int | None = None,
             noise_var: float = 1e-3, seed: int = 0, chunk_size: int = 64, cache=None, progress: bool = True,
-            intensive: bool = False, scale: bool = False, precision: str = "float32",
-            on_features=None, on_error: str = "stop") -> AcquisitionResult:
+            intensive: bool = False, scale: bool = False, precision: str = "float32", strata: str = "none",
+            calibrate: str = "off", target=None, client=None, workers: int = 1, on_features=None,
+            on_error: str = "stop") -> AcquisitionResult:
     """Select ``n`` pool structures to label next.
 
     Parameters
     ----------
     featurizer : callable
         ``featurizer(list of ase.Atoms) -> ntkal.Blocks`` (e.g. :class:`ntkal.torch.Featurizer`);
-        needs ``fingerprint()`` when ``cache`` is given.
+        ``fingerprint()`` keys the feature store; ``check(atoms)`` and ``predict_forces(atoms)`` are used
+        when present (up-front checks, calibration).
     train : list of ase.Atoms, path, or None
-        Labelled structures (extxyz / ASE db path or list). None or empty: prior only.
+        Labelled structures (extxyz / ASE db path or list). None or empty: prior only. A pool structure
+        with the geometry of a training structure is never picked.
     pool : list of ase.Atoms or path
         Candidate structures, streamed in chunks of ``chunk_size``.
     n : int
         Batch size, 1 <= n <= pool size.
-    strategy : {"pv_lcmd", "greedy_pv", "topk", "random"}
+    strategy : {"pv_lcmd", "greedy_pv", "variance_reduction", "topk", "random"}
         ``pv_lcmd``: PV shortlist then LCMD with the training structures as initial centres;
-        ``greedy_pv``: PV shortlist then greedy PV with block conditioning; ``topk``: highest PV;
-        ``random``: uniform without replacement (featurizes only the picks, to report their PV).
+        ``greedy_pv``: PV shortlist then greedy PV with block conditioning; ``variance_reduction``: PV
+        shortlist then greedy reduction of the posterior variance integrated over ``target`` (the pool by
+        default); ``topk``: highest PV; ``random``: uniform without replacement (featurizes only the picks).
     shortlist : int, optional
         Shortlist size k (n <= k <= pool size); default min(pool size, max(10 n, 100)).
     noise_var : float
-        Posterior noise variance sigma^2.
+        Posterior noise variance sigma^2 (relative to the mean training row norm when ``scale``).
     seed : int
         Seed of ``random`` and of the Gram sketch used for LCMD distances.
     chunk_size : int
-        Structures per feature chunk (and per cache file).
+        Structures per feature chunk (per task and per stored chunk).
     cache : str or os.PathLike, optional
-        Directory for resumable feature chunks.
+        Feature store directory: finished chunks are kept, so a rerun resumes. Needed with ``client``
+        (a directory every worker can reach). Without it a temporary store is used and removed.
     progress : bool
         tqdm bars on stderr.
     intensive, scale, precision
         Passed to :class:`ntkal.Posterior` / :meth:`ntkal.Posterior.variance`.
+    strata : {"none", "composition"}
+        ``composition``: split the batch over element sets in proportion to their candidates; the
+        shortlist and the selection run within each (against the whole training set).
+    calibrate : {"off", "on", "auto"}
+        Scale PV per composition stratum by ``sum residual^2 / sum leave-one-out PV`` of the labelled
+        training structures (residuals of the featurizer's model on their reference forces), so strata
+        where the model is wrong rank higher. ``auto``: on when every training structure has forces and
+        the featurizer can predict them.
+    target : list of ase.Atoms or path, optional
+        ``variance_reduction`` only: the structures whose integrated variance to lower (default the pool).
+    client : distributed.Client, optional
+        Run the chunk tasks on this Dask cluster (needs ``cache``).
+    workers : int
+        Without ``client``: more than 1 starts a local Dask cluster of that many worker processes
+        (1 thread each) for this call.
     on_error : {"stop", "skip"}
         A structure the model cannot take (found by the check before any featurisation, or failing
-        while featurized): ``"stop"`` raises, naming it by index (finished chunks stay in the cache);
+        while featurized): ``"stop"`` raises, naming it by index (finished chunks stay in the store);
         ``"skip"`` leaves it out, lists it in ``skipped`` and goes on.
     on_features : callable, optional
-        ``on_features(label, start, blocks)`` for every feature chunk as it streams by (``label`` is
-        "train" or "pool", ``start`` the chunk's first index): a way to keep what a report or plot
-        needs without a second pass over the pool.
+        ``on_features(label, start, blocks)`` for every feature chunk of the training set and the pool
+        (``start`` its first index), in order: a way to keep what a report needs without a second pass.
 
     Returns
     -------
@@ -172,12 +227,18 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
     where = "acquire"
     choice(strategy, STRATEGIES, where, "strategy")
     choice(on_error, ON_ERROR, where, "on_error")
+    strata = "none" if strata is None else strata
+    choice(strata, STRATA, where, "strata")
+    calibrate = {True: "on", False: "off", None: "off"}.get(calibrate, calibrate) \
+        if isinstance(calibrate, (bool, type(None))) else calibrate
+    choice(calibrate, CALIBRATE, where, "calibrate")
     if not callable(featurizer):
         raise InvalidArgumentError(f"acquire: featurizer must be callable (list of Atoms -> Blocks); "
                                    f"got {type(featurizer).__name__}")
     noise_var = as_positive_float(noise_var, where, "noise_var")
     chunk_size = as_int(chunk_size, where, "chunk_size", low=1)
     seed = as_int(seed, where, "seed", low=0)
+    workers = as_int(workers, where, "workers", low=1)
     pool_src = pool if isinstance(pool, StructureSource) else StructureSource(pool, where=where, arg="pool")
     if len(pool_src) == 0:
         raise InvalidArgumentError(f"acquire: pool must hold at least one structure; got an empty pool "
@@ -189,31 +250,81 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
                                                                           high=n_pool)
     else:
         k = 0
-    if train is None or isinstance(train, StructureSource):
-        train_src = train
-    else:
-        train_src = StructureSource(train, where=where, arg="train")
-    store = None
-    if cache is not None:
-        if not hasattr(featurizer, "fingerprint"):
-            raise InvalidArgumentError("acquire: cache needs a featurizer with fingerprint(); got one without")
-        config = featurizer.config() if hasattr(featurizer, "config") else None
-        store = FeatureCache(cache, featurizer.fingerprint(), config)
+    train_src = _source(train, where, "train")
+    if target is not None and strategy != "variance_reduction":
+        raise InvalidArgumentError(f"{where}: target applies to strategy='variance_reduction', not {strategy!r}")
+    target_src = _source(target, where, "target")
+    if target_src is not None and len(target_src) == 0:
+        raise InvalidArgumentError(f"{where}: target must hold at least one structure; got none")
+    if calibrate == "on" and not hasattr(featurizer, "predict_forces"):
+        raise InvalidArgumentError(f"{where}: calibrate='on' needs a featurizer with predict_forces(atoms) (the "
+                                   f"model's residuals); {type(featurizer).__name__} has none")
+    if calibrate == "on" and (train_src is None or len(train_src) == 0):
+        raise InvalidArgumentError(f"{where}: calibrate='on' needs labelled training structures; train is empty")
+    if (client is not None) and cache is None:
+        raise InvalidArgumentError(f"{where}: client needs cache, a feature-store directory every worker can reach")
+    if cache is not None and not hasattr(featurizer, "fingerprint"):
+        raise InvalidArgumentError("acquire: cache needs a featurizer with fingerprint(); got one without")
 
-    def check_all(src: StructureSource, label: str) -> None:
-        """Every structure the model cannot take, found before any featurisation (a screen of hours
-        must not die on structure 90,000); the error lists them by index."""
-        if not hasattr(featurizer, "check"):
-            return
+    fingerprint = featurizer.fingerprint() if hasattr(featurizer, "fingerprint") else f"unkeyed-{uuid.uuid4().hex}"
+    config = featurizer.config() if hasattr(featurizer, "config") else None
+    temp_dir = None
+    if cache is None:
+        temp_dir = tempfile.mkdtemp(prefix="ntkal-features-")
+        store_path = temp_dir
+    else:
+        store_path = str(cache)
+    try:
+        FeatureStore(store_path, fingerprint, config, where=where, arg="cache")
+        executor = executor_for(client, workers, where=where)
+        try:
+            return _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_var, seed, chunk_size,
+                            store_path, fingerprint, executor, progress, intensive, scale, precision, strata,
+                            calibrate, on_features, on_error, t_start)
+        finally:
+            executor.close()
+    finally:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_var, seed, chunk_size, store_path,
+             fingerprint, executor, progress, intensive, scale, precision, strata, calibrate, on_features, on_error,
+             t_start) -> AcquisitionResult:
+    where = "acquire"
+    n_pool = len(pool_src)
+    store = FeatureStore(store_path, fingerprint, where=where, arg="cache")
+    timings = {"check": 0.0, "train_features": 0.0, "posterior": 0.0, "calibration": 0.0, "pool_features": 0.0,
+               "scoring": 0.0, "select": 0.0}
+    skipped: dict = {}  # (label, index) -> reason
+    counts = {"cached": 0, "computed": 0}
+
+    # ---- 1. check every structure before any featurisation ---------------------------------------------
+    t = time.perf_counter()
+    train_digests, train_keys, train_forces = set(), [], []
+    if calibrate == "auto":
+        calibrate = "on" if (hasattr(featurizer, "predict_forces") and train_src is not None and len(train_src)
+                             and all(_has_forces(a) for _, ch in train_src.chunks(chunk_size) for a in ch)) else "off"
+
+    def check_all(src, label):
         problems = []
+        chunk_digests, keys = [], []
         bar = progress_bar(len(src), progress, f"checking {label}")
         for start, structures in src.chunks(chunk_size):
             for i, atoms in enumerate(structures):
-                try:
-                    featurizer.check(atoms, where=where, arg=f"{label}[{start + i}]")
-                except InvalidArgumentError as exc:
-                    problems.append(str(exc))
-                    skipped[(label, start + i)] = str(exc).split(": ", 1)[-1]
+                if hasattr(featurizer, "check"):
+                    try:
+                        featurizer.check(atoms, where=where, arg=f"{label}[{start + i}]")
+                    except InvalidArgumentError as exc:
+                        problems.append(str(exc))
+                        skipped[(label, start + i)] = str(exc).split(": ", 1)[-1]
+                key = composition_key(atoms) if strata == "composition" or calibrate == "on" else "*"
+                keys.append(key)
+                if label == "train":
+                    train_digests.add(structure_digest(atoms))
+                    if calibrate == "on":
+                        train_forces.append(_reference_forces(atoms, where, f"train[{start + i}]"))
+            chunk_digests.append(chunk_digest(structures))
             bar.update(len(structures))
         bar.close()
         if problems and on_error == "stop":
@@ -221,148 +332,211 @@ def acquire(featurizer, train, pool, n: int, *, strategy: str = "pv_lcmd", short
             raise InvalidArgumentError(f"{where}: {len(problems)} {label} structure(s) of {src.describe()} cannot be "
                                        "featurized by this model; nothing was computed:\n  " + "\n  ".join(problems[:5])
                                        + more)
+        return chunk_digests, keys
 
-    def featurize(structures, label: str, positions) -> Blocks:
-        """featurizer(structures); a failure names the structure (by index) and the model's reason, or
-        (on_error="skip") leaves it out. Left-out structures get empty blocks, so indices stay aligned."""
-        todo = [i for i in range(len(structures)) if (label, positions[i]) not in skipped]
-        try:
-            if len(todo) == len(structures):
-                return featurizer(structures)
-            parts = {}
-            if todo:
-                done = featurizer([structures[i] for i in todo])
-                parts = {i: done[k] for k, i in enumerate(todo)}
-        except Exception as exc:  # including the featurizer's own InvalidArgumentError: name the structure
-            parts = {}
-            for i in todo:  # only after a failure: featurize one by one to find the structure(s)
-                try:
-                    parts[i] = featurizer([structures[i]])[0]
-                except Exception as one:
-                    if on_error == "skip":
-                        skipped[(label, positions[i])] = f"{type(one).__name__}: {one}"
-                        continue
-                    kept = f"; the {counts['computed']} finished chunk(s) are kept in the cache" if store else ""
-                    raise InvalidArgumentError(
-                        f"{where}: {label}[{positions[i]}] ({structures[i].get_chemical_formula()}) could not be "
-                        f"featurized: {type(one).__name__}: {one}{kept}") from one
-            if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
-                raise InvalidArgumentError(f"{where}: {label}[{positions[0]}...{positions[-1]}] could not be "
-                                           f"featurized together: {type(exc).__name__}: {exc}") from exc
-        return _with_empty_blocks(parts, len(structures), getattr(featurizer, "dim", None))
-
-    skipped: dict = {}  # (label, index) -> reason, with on_error="skip"
-    counts = {"cached": 0, "computed": 0}
-    timings = {"check": 0.0, "train_features": 0.0, "posterior": 0.0, "pool_features": 0.0, "scoring": 0.0,
-               "select": 0.0}
-    t = time.perf_counter()
-    for src, label in ((train_src, "train"), (pool_src, "pool")):
-        if src is not None:
-            check_all(src, label)
+    digests = {}
+    for src, label in ((train_src, "train"), (pool_src, "pool"), (target_src, "target")):
+        if src is not None and len(src):
+            digests[label], keys = check_all(src, label)
+            if label == "train":
+                train_keys = keys
+            elif label == "pool":
+                pool_keys = keys
+    pool_is_train = np.zeros(n_pool, dtype=bool)
+    if train_digests:
+        for start, structures in pool_src.chunks(chunk_size):
+            for i, atoms in enumerate(structures):
+                pool_is_train[start + i] = structure_digest(atoms) in train_digests
+    excluded = np.flatnonzero(pool_is_train).astype(np.int64)
     timings["check"] = time.perf_counter() - t
 
-    def feature_chunks(src: StructureSource, label: str):
-        """Blocks of each chunk, from the cache or the featurizer; featurisation time is charged here."""
+    executor.bind(featurizer)
+
+    def tasks(src, label, keys=None):
+        for c, (start, structures) in enumerate(src.chunks(chunk_size)):
+            stop = start + len(structures)
+            yield ChunkTask(label, start, [pack(a) for a in structures], digests[label][c],
+                            keys[start:stop] if keys is not None else ["*"] * len(structures),
+                            {i - start: skipped[(label, i)] for i in range(start, stop) if (label, i) in skipped},
+                            [i - start for i in range(start, stop) if label == "pool" and pool_is_train[i]])
+
+    def context(**kw):
+        return ChunkContext(store_path, fingerprint, on_error=on_error, one_thread=not isinstance(executor, InProcess),
+                            **kw)
+
+    def run_phase(src, label, ctx, keys=None):
+        """Run a label's chunk tasks; yield results in any order, recording skips and cache use."""
         bar = progress_bar(len(src), progress, f"{label} features")
         try:
-            for start, structures in src.chunks(chunk_size):
-                t = time.perf_counter()
-                stop = start + len(structures)
-                digest = chunk_digest(structures) if store is not None else ""
-                blocks = store.load(label, start, stop, digest) if store is not None else None
-                if blocks is None:
-                    blocks = featurize(structures, label, range(start, stop))
-                    if not isinstance(blocks, Blocks) or len(blocks) != len(structures):
-                        raise InvalidArgumentError(
-                            f"acquire: featurizer must return ntkal.Blocks with one block per structure; got "
-                            f"{type(blocks).__name__} of length {len(blocks) if hasattr(blocks, '__len__') else '?'}")
-                    if store is not None:
-                        store.save(label, start, stop, digest, blocks)
-                    counts["computed"] += 1
-                else:
-                    counts["cached"] += 1
-                timings[f"{label}_features"] += time.perf_counter() - t
-                bar.update(len(structures))
-                for i in np.flatnonzero(blocks.sizes == 0):  # left out in this run or an earlier one
-                    skipped.setdefault((label, start + int(i)), "left out in an earlier run (empty features in the cache)")
-                if on_features is not None:
-                    on_features(label, start, blocks)
-                yield blocks
+            for res in executor.run(ctx, tasks(src, label, keys)):
+                counts["cached" if res.cached else "computed"] += 1
+                for i, reason in res.skipped.items():
+                    skipped.setdefault((label, int(i)), reason if not res.cached or (label, int(i)) in skipped
+                                       else f"left out in an earlier run: {reason}")
+                bar.update(res.stop - res.start)
+                yield res
         finally:
             bar.close()
 
-    train_blocks = None
-    if train_src is not None and len(train_src) > 0:
-        train_blocks = Blocks.concatenate(list(feature_chunks(train_src, "train")))
-        if np.any(train_blocks.sizes == 0):  # skipped training structures are no centres either
-            present = np.flatnonzero(train_blocks.sizes > 0)
-            train_blocks = train_blocks.take(present) if present.size else None
+    def announce(label, starts):
+        if on_features is not None:
+            for start in sorted(starts):
+                stop = min(start + chunk_size, len(pool_src) if label == "pool" else len(train_src))
+                on_features(label, start, store.load(label, start, stop))
 
-    def make_posterior(dim: int) -> Posterior:
+    # ---- 2. training set: partial Grams, fixed tree sum, one factorisation -----------------------------
+    posterior, train_blocks, n_train = None, None, 0
+    predicted = {}
+    if train_src is not None and len(train_src):
         t = time.perf_counter()
-        post = Posterior(dim, noise_var=noise_var, scale=scale, precision=precision)
-        if train_blocks is not None:
-            post.add(train_blocks)
-        timings["posterior"] += time.perf_counter() - t
-        return post
+        grams, n_rows, n_blocks, dim, starts = TreeSum(), 0, 0, None, []
+        for res in run_phase(train_src, "train", context(gram=True, forces=calibrate == "on")):
+            grams.add(res.start // chunk_size, res.gram)
+            n_rows += int(res.sizes.sum())
+            n_blocks += int((res.sizes > 0).sum())
+            dim = res.gram.shape[0]
+            starts.append(res.start)
+            if res.forces is not None:
+                predicted.update({res.start + i: f for i, f in enumerate(res.forces)})
+        timings["train_features"] = time.perf_counter() - t
+        announce("train", starts)
+        t = time.perf_counter()
+        posterior = Posterior(dim, noise_var=noise_var, scale=scale, precision=precision)
+        posterior.add_gram(grams.total(), n_rows, n_blocks)
+        blocks = store.read("train") if n_blocks else None
+        present = np.flatnonzero(blocks.sizes > 0) if blocks is not None else np.zeros(0, np.int64)
+        train_blocks = blocks.take(present) if present.size else None
+        n_train = int(present.size)
+        posterior.feature_scale  # factor now, once, before the posterior travels to workers
+        timings["posterior"] = time.perf_counter() - t
 
-    posterior = make_posterior(train_blocks.dim) if train_blocks is not None else None
-    n_train = 0 if train_blocks is None else len(train_blocks)
+    # ---- 3. calibration on labelled residuals ----------------------------------------------------------
+    calibration = None
+    if calibrate == "on" and train_blocks is not None:
+        t = time.perf_counter()
+        loo = leave_one_out_variance(posterior, train_blocks, intensive=intensive)
+        res_sq = force_residual_sq([predicted[int(i)] for i in present], [train_forces[int(i)] for i in present])
+        calibration = fit_calibration(res_sq, loo, [train_keys[int(i)] for i in present])
+        timings["calibration"] = time.perf_counter() - t
 
     if strategy == "random":
-        t = time.perf_counter()
-        allowed = np.array([i for i in range(n_pool) if ("pool", i) not in skipped], dtype=np.int64)
-        if allowed.size < n:
-            raise InvalidArgumentError(f"{where}: n={n}, but only {allowed.size} pool structures are left after skipping")
-        indices = np.random.default_rng(seed).choice(allowed, size=n, replace=False).astype(np.int64)
-        picked = featurize(pool_src.take(indices), "pool", indices)
-        timings["pool_features"] = time.perf_counter() - t
-        t = time.perf_counter()
-        posterior = posterior or make_posterior(picked.dim)
-        pv = to_numpy(posterior.variance(picked, intensive=intensive))
-        pv[picked.sizes == 0] = np.nan  # a pick that failed while featurized (on_error="skip")
-        timings["scoring"] = time.perf_counter() - t
-        timings["total"] = time.perf_counter() - t_start
-        return AcquisitionResult(indices, pv, pv.copy(), strategy, np.zeros(0, np.int64), None, timings,
-                                 n_pool, n_train, counts["cached"], counts["computed"], picked, _listed(skipped))
+        return _random(featurizer, pool_src, n, seed, posterior, intensive, skipped, pool_is_train, excluded, timings,
+                       t_start, n_train, counts, on_error, (noise_var, scale, precision))
 
-    pool_pv = np.empty(n_pool, dtype=np.float64)
-    t_loop = time.perf_counter()
+    # ---- 4. the target of variance reduction ----------------------------------------------------------
+    target_gram = None
+    if strategy == "variance_reduction" and target_src is not None:
+        grams = TreeSum()
+        for res in run_phase(target_src, "target", context(gram=True)):
+            grams.add(res.start // chunk_size, res.gram)
+        target_gram = grams.total()
 
-    def pool_chunks():
-        nonlocal posterior
-        for blocks in feature_chunks(pool_src, "pool"):
-            if posterior is None:  # no training set: the prior, built at the first chunk's width
-                posterior = make_posterior(blocks.dim)
-            yield blocks
-
-    chunks = pool_chunks()
-    first = next(chunks)  # the posterior exists from here on
-    kept_idx, kept_pv, kept = pv_shortlist(itertools.chain([first], chunks), None, posterior, k, intensive=intensive,
-                                           return_rows=True, pv_out=pool_pv)
-    timings["scoring"] = time.perf_counter() - t_loop - timings["pool_features"] - timings["posterior"]
-    kept_idx = to_numpy(kept_idx)  # device runs: only indices and scores come back
-    if skipped:  # left-out structures (empty blocks, PV 0) are never candidates
-        for label, i in skipped:
-            if label == "pool":
-                pool_pv[i] = np.nan
-        keep = np.array([j for j, i in enumerate(kept_idx) if ("pool", int(i)) not in skipped], dtype=np.int64)
-        if keep.size < n:
-            raise InvalidArgumentError(f"{where}: n={n}, but only {keep.size} shortlisted pool structures are left "
-                                       f"after skipping {len(skipped)}")
-        kept_idx, kept_pv, kept = kept_idx[keep], to_numpy(kept_pv)[keep], kept.take(keep)
-
+    # ---- 5. pool: featurize, score, best candidates per stratum ---------------------------------------
     t = time.perf_counter()
-    if strategy == "topk":
-        local, scores = np.arange(n, dtype=np.int64), to_numpy(kept_pv)[:n].copy()
-    elif strategy == "greedy_pv":
-        local, scores = select(kept, None, n, method="greedy_pv", posterior=posterior, seed=seed)
-    else:
-        local, scores = select(kept, None, n, method="lcmd", train_rows=train_blocks, seed=seed, precision=precision)
+    scales = None
+    if calibration is not None:
+        scales = {key: calibration.scale_of(key) for key in set(pool_keys)}
+    pool_pv = np.full(n_pool, np.nan)
+    merged: dict = {}
+    pool_grams = TreeSum() if strategy == "variance_reduction" and target_src is None else None
+
+    def pool_context(post):
+        return context(posterior=post, intensive=intensive, top=k, scales=scales, gram=pool_grams is not None)
+
+    starts = []
+    if posterior is None:  # no training set: the prior, at the width of the first chunk
+        first = next(iter(tasks(pool_src, "pool", pool_keys)))
+        here = InProcess()
+        here.bind(featurizer)
+        res = next(here.run(context(), [first]))
+        posterior = Posterior(int(store.load("pool", res.start, res.stop).dim), noise_var=noise_var, scale=scale,
+                              precision=precision)
+    scoring = 0.0
+    for res in run_phase(pool_src, "pool", pool_context(posterior), pool_keys):
+        pool_pv[res.start:res.stop] = res.pv
+        merge_top(merged, res.top, k)
+        if pool_grams is not None:
+            pool_grams.add(res.start // chunk_size, res.gram)
+        starts.append(res.start)
+        scoring += res.seconds
+    timings["pool_features"] = time.perf_counter() - t
+    announce("pool", starts)
+    if pool_grams is not None:
+        target_gram = pool_grams.total()
+    for label, i in skipped:
+        if label == "pool":
+            pool_pv[i] = np.nan
+
+    # ---- 6. split the batch over strata, shortlist, select ---------------------------------------------
+    t = time.perf_counter()
+    merged = {key: (idx[[("pool", int(i)) not in skipped for i in idx]], sc[[("pool", int(i)) not in skipped
+                                                                             for i in idx]])
+              for key, (idx, sc) in merged.items()}
+    available = {}
+    for key in merged:
+        available[key] = 0
+    candidate = np.isfinite(pool_pv) & ~pool_is_train
+    for i in np.flatnonzero(candidate):
+        available[pool_keys[i]] = available.get(pool_keys[i], 0) + 1
+    total = sum(available.values())
+    if total < n:
+        raise InvalidArgumentError(f"{where}: n={n}, but only {total} pool structures are candidates after leaving out "
+                                   f"{len([1 for lab, _ in skipped if lab == 'pool'])} skipped and {excluded.size} "
+                                   "already in the training set")
+    split = quotas(available, n)
+    indices, scores, short_all, picked_blocks = [], [], [], []
+    for key in sorted(split):
+        q = split[key]
+        if q == 0:
+            continue
+        k_s = min(len(merged[key][0]), max(q, int(np.ceil(k * available[key] / total))))
+        kept_idx = merged[key][0][:k_s]
+        short_all.append(kept_idx)
+        kept = store.take("pool", kept_idx)
+        if strategy == "topk":
+            local, sc = np.arange(q, dtype=np.int64), merged[key][1][:q].copy()
+        elif strategy == "greedy_pv":
+            local, sc = select(kept, None, q, method="greedy_pv", posterior=posterior, seed=seed)
+        elif strategy == "variance_reduction":
+            local, sc = variance_reduction_greedy(kept, q, posterior, target_gram)
+        else:
+            local, sc = select(kept, None, q, method="lcmd", train_rows=train_blocks, seed=seed, precision=precision)
+        local = to_numpy(local)
+        indices.append(kept_idx[local])
+        scores.append(np.asarray(to_numpy(sc), dtype=np.float64))
+        picked_blocks.append(kept.take(local))
+    indices = np.concatenate(indices)
     timings["select"] = time.perf_counter() - t
-    local, scores = to_numpy(local), to_numpy(scores)
-    indices = kept_idx[local]
+    timings["scoring"] = scoring
     timings["total"] = time.perf_counter() - t_start
-    return AcquisitionResult(indices, pool_pv[indices], np.asarray(scores, dtype=np.float64), strategy, kept_idx,
-                             pool_pv, timings, n_pool, n_train, counts["cached"], counts["computed"], kept.take(local),
-                             _listed(skipped))
+    shortlist_idx = np.concatenate(short_all)
+    order = np.lexsort((shortlist_idx, -pool_pv[shortlist_idx]))
+    return AcquisitionResult(indices, pool_pv[indices], np.concatenate(scores), strategy, shortlist_idx[order], pool_pv,
+                             timings, n_pool, n_train, counts["cached"], counts["computed"],
+                             Blocks.concatenate(picked_blocks), _listed(skipped), split, calibration, excluded)
+
+
+def _random(featurizer, pool_src, n, seed, posterior, intensive, skipped, pool_is_train, excluded, timings, t_start,
+            n_train, counts, on_error, prior) -> AcquisitionResult:
+    where = "acquire"
+    t = time.perf_counter()
+    allowed = np.array([i for i in range(len(pool_src)) if ("pool", i) not in skipped and not pool_is_train[i]],
+                       dtype=np.int64)
+    if allowed.size < n:
+        raise InvalidArgumentError(f"{where}: n={n}, but only {allowed.size} pool structures are left after skipping")
+    indices = np.random.default_rng(seed).choice(allowed, size=n, replace=False).astype(np.int64)
+    picked, reasons = featurize_chunk(featurizer, pool_src.take(indices), 0, "pool", {}, on_error)
+    for j, reason in reasons.items():
+        skipped[("pool", int(indices[j]))] = reason
+    timings["pool_features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    if posterior is None:
+        noise_var, scale, precision = prior
+        posterior = Posterior(picked.dim, noise_var=noise_var, scale=scale, precision=precision)
+    pv = np.asarray(to_numpy(posterior.variance(picked, intensive=intensive)), dtype=np.float64)
+    pv[picked.sizes == 0] = np.nan  # a pick that failed while featurized (on_error="skip")
+    timings["scoring"] = time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t_start
+    return AcquisitionResult(indices, pv, pv.copy(), "random", np.zeros(0, np.int64), None, timings, len(pool_src),
+                             n_train, counts["cached"], counts["computed"], picked, _listed(skipped), {"*": n}, None,
+                             excluded)

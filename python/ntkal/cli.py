@@ -14,17 +14,30 @@ import time
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .options import KERNELS, ON_ERROR, SKETCH_KINDS, STRATEGIES
+from .options import CALIBRATE, KERNELS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
 
 __all__ = ["main", "build_parser"]
 
 
 def _default_workers() -> int:
     try:
+        import distributed  # noqa: F401 - parallel screening runs on Dask
+    except ImportError:
+        return 1
+    try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
         cores = os.cpu_count() or 1
     return max(1, min(cores, 8))
+
+
+def _client(args):
+    """The Dask client of --scheduler (None without it)."""
+    if getattr(args, "scheduler", None) is None:
+        return None
+    from .executors import executor_for
+
+    return executor_for(scheduler=args.scheduler, where=f"ntkal {args.command}: --scheduler").client
 
 
 def _force_rows(text: str):
@@ -66,7 +79,11 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
                    help="'all', 'readout' or comma-separated name patterns, e.g. 'mlp.*,readout_norm.*'")
     g.add_argument("--seed", type=int, default=0, help="seed of the sketch, force combinations and selection")
     g.add_argument("--workers", type=int, default=_default_workers(),
-                   help="CPU worker processes (default: available cores, at most 8)")
+                   help="worker processes of a local Dask cluster, 1 thread each (default: available cores, at most "
+                   "8; 1 runs in this process)")
+    g.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                   help="run on a Dask cluster, e.g. tcp://head:8786 (dask-jobqueue on SLURM); needs --cache on a "
+                   "file system every worker reaches")
     g.add_argument("--chunk-size", type=int, default=64, help="structures per feature chunk (default 64)")
     g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
@@ -87,7 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shortlist", type=int, default=None, help="PV shortlist size (default max(10 n, 100))")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     p.add_argument("--intensive", action="store_true", help="rank by PV per row (mixed structure sizes)")
-    p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
+    p.add_argument("--cache", default=None, help="feature store directory (zarr): finished chunks are kept, a rerun "
+                   "resumes; reuse it across rounds for the same pool")
+    p.add_argument("--strata", default="none", choices=STRATA, help="composition: split the batch over element sets "
+                   "in proportion to their candidates (default none)")
+    p.add_argument("--calibrate", default="off", choices=CALIBRATE, help="scale PV per element set by the model's "
+                   "residuals on the labelled training forces (auto: when every training structure has forces; "
+                   "default off)")
+    p.add_argument("--target", default=None, help="--strategy variance_reduction: structures whose integrated "
+                   "variance to lower (default the pool)")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="picture of the screen: PV distribution with the "
                    "picks marked and a 2-D map (PCA of the distance vectors) of train, pool and picks")
     _add_on_error(p)
@@ -103,16 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write-info", default=None, metavar="FILE.extxyz",
                    help="also write the pool with ntkal_pv in each structure's info")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
-    p.add_argument("--cache", default=None, help="directory for resumable feature chunks")
+    p.add_argument("--cache", default=None, help="feature store directory (zarr): finished chunks are kept")
     p.add_argument("--plot", default=None, metavar="FILE.png", help="PV distribution and 2-D map of the pool")
     _add_on_error(p)
     _add_model_args(p)
 
-    p = sub.add_parser("features", help="dump feature blocks to .npy", description="Write OUT.rows.npy "
-                       "(n_rows, dim) float32 and OUT.offsets.npy (n + 1,) int64: structure i owns "
-                       "rows[offsets[i]:offsets[i+1]].")
+    p = sub.add_parser("features", help="write feature blocks to a feature store", description="Featurize the "
+                       "structures into the feature store OUT (a zarr v3 directory, label 'structures'): chunk by "
+                       "chunk, resumable; read it with ntkal.feature_store.FeatureStore(OUT).read('structures') or "
+                       ".to_dask('structures').")
     p.add_argument("--structures", required=True, help="structures (extxyz or ASE db)")
-    p.add_argument("--out", required=True, help="output prefix")
+    p.add_argument("--out", required=True, help="feature store directory")
+    _add_on_error(p)
     _add_model_args(p)
 
     p = sub.add_parser("demo", help="end-to-end demo on a generated Cu/CuAu pool with pretrained CHGNet",
@@ -156,7 +183,7 @@ def _featurizer(args):
     model = models.load(args.model, **kwargs)
     return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
                       energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,
-                      workers=args.workers, progress=False)
+                      progress=False)
 
 
 def _write_selection(path, pool, result, extra_info=None):
@@ -206,7 +233,8 @@ def cmd_select(args) -> int:
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
                      noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
                      progress=not args.no_progress, intensive=args.intensive, on_features=sample,
-                     on_error=args.on_error)
+                     on_error=args.on_error, strata=args.strata, calibrate=args.calibrate, target=args.target,
+                     workers=args.workers, client=_client(args))
     _write_selection(args.out, pool, result)
     _write_skipped(args.out, result.skipped)
     print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
@@ -240,7 +268,7 @@ def cmd_score(args) -> int:
     sample = _sample_for_plot(args, len(pool))
     result = acquire(featurizer, train, pool, 1, strategy="topk", shortlist=1, noise_var=args.noise_var,
                      seed=args.seed, chunk_size=args.chunk_size, cache=args.cache, progress=not args.no_progress,
-                     on_features=sample, on_error=args.on_error)
+                     on_features=sample, on_error=args.on_error, workers=args.workers, client=_client(args))
     pv = result.pool_pv
     left_out = {i: reason for label, i, reason in result.skipped if label == "pool"}
     rows, keys = [], []
@@ -279,38 +307,14 @@ def cmd_score(args) -> int:
 
 
 def cmd_features(args) -> int:
-    from .structures import StructureSource
+    from .features import compute_features
 
     featurizer = _featurizer(args)
-    src = StructureSource(args.structures, where="ntkal features", arg="--structures")
-    if len(src) == 0:
-        raise InvalidArgumentError(f"ntkal features: --structures {args.structures!r} holds no structure")
-    sizes = np.concatenate([[featurizer.n_rows(a) for a in chunk] for _, chunk in src.chunks(args.chunk_size)])
-    offsets = np.zeros(sizes.size + 1, dtype=np.int64)
-    np.cumsum(sizes, out=offsets[1:])
-    rows = None
-    bar = None
-    if not args.no_progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(src), desc="features", file=sys.stderr, unit="struct")
-    tmp_rows = f"{args.out}.rows.npy.tmp"
-    for start, chunk in src.chunks(args.chunk_size):
-        blocks = featurizer(chunk)
-        if rows is None:  # the width is known after the first chunk (embedding kernel)
-            rows = np.lib.format.open_memmap(tmp_rows, mode="w+", dtype=np.float32, shape=(int(offsets[-1]), blocks.dim))
-        rows[offsets[start]:offsets[start + len(chunk)]] = blocks.rows
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    rows.flush()
-    shape = rows.shape
-    del rows
-    os.replace(tmp_rows, f"{args.out}.rows.npy")
-    np.save(f"{args.out}.offsets.npy", offsets)
-    print(f"wrote {args.out}.rows.npy {shape} float32 and {args.out}.offsets.npy ({offsets.size},) int64 "
-          f"for {len(src)} structures (kernel {featurizer.kernel}, P {featurizer.n_params})")
+    store = compute_features(featurizer, args.structures, args.out, chunk_size=args.chunk_size, workers=args.workers,
+                             client=_client(args), progress=not args.no_progress, on_error=args.on_error)
+    rows, offsets = store.to_dask("structures")
+    print(f"wrote {len(offsets) - 1} structures, {rows.shape[0]} rows x {rows.shape[1]} float32 to the feature store "
+          f"{args.out} (kernel {featurizer.kernel}, P {featurizer.n_params})")
     return 0
 
 
@@ -328,13 +332,14 @@ def cmd_demo(args) -> int:
     featurizer = _featurizer(args)
     times["load model"] = time.perf_counter() - t
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, noise_var=args.noise_var,
-                     seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, on_error=args.on_error)
+                     seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, on_error=args.on_error,
+                     workers=args.workers)
     _write_selection(args.out, StructureSource(pool), result)
     temps = np.array([a.info["temperature_K"] for a in pool], dtype=float)
     fmax = np.array([a.info["emt_max_force"] for a in pool])
     sel = result.indices
     print(f"ntkal demo: {featurizer.model.name} (P {featurizer.n_params}), kernel {featurizer.kernel}, "
-          f"force rows {featurizer.force_rows}, d {featurizer.dim}, {featurizer.workers} worker(s)")
+          f"force rows {featurizer.force_rows}, d {featurizer.dim}, {args.workers} worker(s)")
     print(f"pool {len(pool)} Cu/CuAu cells (4-8 atoms, EMT MD at {sorted(set(temps.astype(int).tolist()))} K), "
           f"train {len(train)} frames at 300 K, batch n = {args.n}")
     for name, seconds in times.items():

@@ -15,7 +15,9 @@ PRECISIONS = tuple(_PRECISION)
 DISTANCE_METHODS = tuple(_DISTANCE_METHOD)  # the METHODS that select on distances between structures
 POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
 METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")
-STRATEGIES = ("pv_lcmd", "greedy_pv", "topk", "random")  # ntkal.acquire
+STRATEGIES = ("pv_lcmd", "greedy_pv", "variance_reduction", "topk", "random")  # ntkal.acquire
+STRATA = ("none", "composition")  # ntkal.acquire: how the batch is split over groups of the pool
+CALIBRATE = ("off", "on", "auto")  # ntkal.acquire: output scale of the posterior from labelled residuals
 ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
@@ -43,4 +45,4 @@ def name(engine_value, choices: tuple) -> str:
 
 
 __all__ = ["DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
-           "METHODS", "ON_ERROR", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
+           "CALIBRATE", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]

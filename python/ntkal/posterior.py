@@ -50,6 +50,52 @@ class Posterior:
         return (f"Posterior(dim={self.dim}, noise_var={self.noise_var:g}, n_blocks={self.n_blocks}, "
                 f"n_rows={self.n_rows}, precision={self.precision!r})")
 
+    def __getstate__(self) -> dict:
+        """Picklable state (parameters and the accumulated Gram): a posterior travels to worker processes
+        and is rebuilt there with the same bits (the factorisation is deterministic)."""
+        return {"dim": self.dim, "noise_var": self.noise_var, "scale": bool(self._p.scale),
+                "precision": self.precision, "gram": self.gram, "n_rows": self.n_rows, "n_blocks": self.n_blocks}
+
+    def __setstate__(self, state: dict) -> None:
+        self._p = _core.Posterior(state["dim"], state["noise_var"], state["scale"],
+                                  code(state["precision"], PRECISIONS))
+        if state["n_rows"] or state["n_blocks"]:
+            self._p.add_gram(state["gram"], state["n_rows"], state["n_blocks"])
+
+    @property
+    def gram(self) -> np.ndarray:
+        """The accumulated ``sum_train Phi^T Phi``, float64 (dim, dim), symmetric (unscaled)."""
+        return self._p.gram
+
+    def add_gram(self, gram, n_rows: int, n_blocks: int) -> "Posterior":
+        """Condition on a precomputed partial Gram, e.g. one per feature chunk from :func:`training_gram`.
+
+        Partial Grams added in a fixed order give the same posterior bits wherever they were computed
+        (one process or many); :meth:`add` of all rows at once may differ from that in the last bits.
+
+        Parameters
+        ----------
+        gram : array_like, shape (dim, dim), float64
+            ``sum Phi^T Phi`` of some training rows (the lower triangle is read).
+        n_rows, n_blocks : int
+            Rows and structures it sums over.
+
+        Returns
+        -------
+        Posterior
+            ``self``.
+        """
+        where = "Posterior.add_gram"
+        g = np.asarray(gram)
+        if g.shape != (self.dim, self.dim):
+            fail(where, f"gram must have shape ({self.dim}, {self.dim}); got {g.shape}")
+        if not np.issubdtype(g.dtype, np.floating) or not np.all(np.isfinite(g)):
+            fail(where, "gram must be finite floating-point numbers")
+        n_rows = as_int(n_rows, where, "n_rows", low=0)
+        n_blocks = as_int(n_blocks, where, "n_blocks", low=0)
+        self._p.add_gram(np.ascontiguousarray(g, dtype=np.float64), n_rows, n_blocks)
+        return self
+
     def copy(self) -> "Posterior":
         """An independent copy (same training statistics)."""
         new = Posterior.__new__(Posterior)
@@ -112,3 +158,17 @@ class Posterior:
         """Whitened rows ``sqrt(c) L^{-1} phi`` in float64, shape (n_rows, dim) (host rows)."""
         b = backends.cpu.blocks(rows, None, "Posterior.whiten", width=self.dim)
         return self._p.whiten(b.rows)
+
+
+def training_gram(rows) -> np.ndarray:
+    """``sum_r phi_r^T phi_r`` of host rows in float64, shape (dim, dim), symmetric.
+
+    The partial Gram of one feature chunk, for :meth:`Posterior.add_gram` (fixed-order kernel: the same
+    bits on every machine, thread count and instruction set).
+
+    Parameters
+    ----------
+    rows : array_like, shape (n_rows, dim), float32, or Blocks
+    """
+    b = backends.cpu.blocks(rows, None, "training_gram")
+    return _core.training_gram(b.rows)

@@ -15,6 +15,7 @@ from ..sketch import Sketch
 from ..errors import InvalidArgumentError
 from .functional import FunctionalModel
 from .jacobian import RowSpec, chunk_plan, iter_row_batches
+from .loss import Loss
 
 __all__ = ["Featurizer", "KERNELS"]
 
@@ -50,13 +51,18 @@ class Featurizer:
         Parameter columns per projection call.
     row_batch : int
         Jacobian rows held at once (memory: row_batch x P numbers of the model's dtype).
-    workers : int
-        Worker processes on CPU (each 1 torch thread). Ignored (in-process) on a GPU model.
+    loss : Loss, optional
+        Match the rows to the fine-tuning loss (:class:`ntkal.torch.Loss`): the energy row becomes
+        sqrt(w_E)/N dE/dtheta for a per-atom energy loss, the force rows carry sqrt(w_F) (a sum over
+        components) or sqrt(w_F / 3N) (a per-structure mean), so the posterior is the uncertainty of the
+        linearised model under the loss it is fine-tuned with. Applied on top of ``energy_weight`` and
+        ``force_weight``. None: unit weights.
     threads : int or None
         torch intra-op threads while computing rows in this process (default 1: the rows are
         many small reverse passes, for which extra threads cost more in synchronisation than
         they gain — on a busy 2-core machine 2 threads ran 10-20x slower than 1). None keeps
-        torch's setting. Use ``workers`` for parallelism.
+        torch's setting. For parallelism run the screen on worker processes
+        (``ntkal.acquire(..., workers=N)`` or a Dask ``client``).
     progress : bool
         Default for showing a tqdm bar on stderr in ``__call__``.
     """
@@ -64,15 +70,15 @@ class Featurizer:
     def __init__(self, model: FunctionalModel, kernel: str = "joint", dim: int = 1024, *,
                  sketch: str = "sparse_sign", seed: int = 0, force_rows="exact",
                  energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
-                 chunk_size: int = 65536, row_batch: int = 8, workers: int = 1, threads: int | None = 1,
-                 progress: bool = False):
+                 chunk_size: int = 65536, row_batch: int = 8, threads: int | None = 1,
+                 loss=None, progress: bool = False):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
             raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
         choice(kernel, KERNELS, where, "kernel")
         choice(sketch, SKETCH_KINDS, where, "sketch")
         for name, value, low in (("dim", dim, 1), ("chunk_size", chunk_size, 1), ("row_batch", row_batch, 1),
-                                 ("workers", workers, 1), ("nnz", nnz, 1), ("seed", seed, 0)):
+                                 ("nnz", nnz, 1), ("seed", seed, 0)):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}; got {value!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
@@ -86,6 +92,10 @@ class Featurizer:
         for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
                 raise InvalidArgumentError(f"{where}: {name} must be a finite number > 0; got {value!r}")
+        if loss is not None and not isinstance(loss, Loss):
+            raise InvalidArgumentError(f"{where}: loss must be an ntkal.torch.Loss or None; got {type(loss).__name__}")
+        if loss is not None and kernel == "embedding":
+            raise InvalidArgumentError(f"{where}: loss makes no sense with kernel='embedding' (no Jacobian rows)")
         if kernel == "embedding" and params not in (None, "all"):
             raise InvalidArgumentError(f"{where}: params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
         if kernel == "last_layer":
@@ -107,7 +117,7 @@ class Featurizer:
         self.force_weight = float(force_weight)
         self.chunk_size = int(chunk_size)
         self.row_batch = int(row_batch)
-        self.workers = int(workers)
+        self.loss = loss
         self.threads = None if threads is None else int(threads)
         self.progress = bool(progress)
         self._dim = int(dim)
@@ -150,7 +160,8 @@ class Featurizer:
                 "params": self.params if isinstance(self.params, str) else list(self.params),
                 "dim": self._dim, "sketch": self.sketch_kind, "seed": self.seed, "nnz": self.nnz,
                 "force_rows": self.force_rows, "energy_weight": self.energy_weight,
-                "force_weight": self.force_weight, "dtype": str(self.model.dtype)}
+                "force_weight": self.force_weight, "dtype": str(self.model.dtype),
+                **({"loss": self.loss.config()} if self.loss is not None else {})}
 
     def fingerprint(self) -> str:
         """Hex digest of :meth:`config`."""
@@ -185,7 +196,7 @@ class Featurizer:
         if self.kernel == "embedding":
             return self._embedding_row(atoms)
         with self._threads():
-            return self._jacobian(atoms)
+            return self._loss_weighted(self._jacobian(atoms), len(atoms))
 
     def _jacobian(self, atoms) -> np.ndarray:
         m, P = self.n_rows(atoms), self.n_params
@@ -208,7 +219,29 @@ class Featurizer:
         with self._threads():
             if self.kernel == "embedding":
                 return self._embedding_row(atoms).astype(np.float32)
-            return self._features(atoms)
+            return self._loss_weighted(self._features(atoms), len(atoms))
+
+    def _loss_weighted(self, rows, n_atoms: int):
+        """Rows times the loss's per-structure weights (the projection is linear: weighting after it is exact)."""
+        if self.loss is None:
+            return rows
+        energy, force = self.loss.row_weights(n_atoms)
+        first = 0
+        if self.rowspec.energy:
+            rows[:1] *= energy
+            first = 1
+        if self.rowspec.force is not None:
+            rows[first:] *= force
+        return rows
+
+    def predict_forces(self, atoms) -> np.ndarray:
+        """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration."""
+        self._check(atoms, "Featurizer.predict_forces")
+        with self._threads():
+            pos = self.base_model.positions(atoms, requires_grad=True)
+            energy = self.base_model.energy(atoms, positions=pos)
+            (grad,) = torch.autograd.grad(energy, pos)
+        return -grad.detach().cpu().numpy().astype(np.float64)
 
     def _keeps_device(self) -> bool:
         """Jacobian rows on a GPU are projected there (``ntkal.Sketch`` on CUDA arrays): no host copy."""
@@ -259,19 +292,12 @@ class Featurizer:
         for i, atoms in enumerate(structures):
             self._check(atoms, "Featurizer", f"structures[{i}]")
         show = self.progress if progress is None else progress
-        if self.workers > 1 and self.model.device.type == "cpu" and len(structures) > 1:
-            from .workers import map_features
-
-            blocks = map_features(self, structures, self.workers, progress=show, desc=desc)
-        else:
-            bar = progress_bar(len(structures), show, desc)
-            blocks = []
-            for atoms in structures:
-                blocks.append(self.features(atoms))
-                bar.update(1)
-            bar.close()
-        if self.kernel == "embedding" and self.model.embedding_dim is None:
-            self.model.embedding_dim = int(blocks[0].shape[1])  # found in a worker process
+        bar = progress_bar(len(structures), show, desc)
+        blocks = []
+        for atoms in structures:
+            blocks.append(self.features(atoms))
+            bar.update(1)
+        bar.close()
         return Blocks.from_list(blocks)
 
 

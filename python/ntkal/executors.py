@@ -1,0 +1,131 @@
+"""Where chunk tasks run: in this process, or on a Dask cluster (one mechanism for a laptop and a cluster).
+
+``executor_for(client, workers)`` picks one: a Dask ``client`` runs tasks on its workers; ``workers > 1``
+without a client starts a ``LocalCluster`` of worker processes (1 thread each) for the run; otherwise
+tasks run here, in order. On Dask the featurizer is scattered once to every worker (held there for
+the run, never pickled per task) and each phase's context once; structures travel as plain arrays.
+"""
+from __future__ import annotations
+
+import contextlib
+
+from .errors import InvalidArgumentError
+from .screen import ChunkContext, ChunkResult, run_chunk
+
+__all__ = ["InProcess", "DaskExecutor", "executor_for"]
+
+
+class InProcess:
+    """Run chunk tasks here, one after another, in order."""
+
+    name = "in-process"
+    n_workers = 1
+
+    def bind(self, featurizer) -> None:
+        self.featurizer = featurizer
+
+    def run(self, ctx: ChunkContext, tasks):
+        """Yield each task's ChunkResult as it finishes (here: in task order)."""
+        for task in tasks:
+            yield run_chunk(self.featurizer, ctx, task)
+
+    def close(self) -> None:
+        pass
+
+
+def _dask(where: str):
+    try:
+        import distributed
+    except ImportError as exc:
+        raise InvalidArgumentError(f"{where}: parallel screening runs on Dask; install it with "
+                                   "pip install 'ntkal[distributed]' (dask[distributed])") from exc
+    return distributed
+
+
+class DaskExecutor:
+    """Run chunk tasks on the workers of a ``distributed.Client``.
+
+    Parameters
+    ----------
+    client : distributed.Client
+    owns : bool
+        Close the client (and its LocalCluster) in :meth:`close`.
+    window : int
+        Most tasks in flight per worker: the client reads structures and sends chunks only as fast
+        as workers finish them, so a pool of 10^6 never sits in the client's or the scheduler's memory.
+    """
+
+    name = "dask"
+
+    def __init__(self, client, *, owns: bool = False, window: int = 4):
+        self.client, self.owns, self.window = client, owns, window
+        self._featurizer = None
+
+    @property
+    def n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1).get("workers", {})))
+
+    def bind(self, featurizer) -> None:
+        # one copy per worker, held for the run: the model is deserialised once per worker
+        self._featurizer = self.client.scatter(featurizer, broadcast=True, hash=False)
+
+    def run(self, ctx: ChunkContext, tasks):
+        distributed = _dask("acquire")
+        ctx_future = self.client.scatter(ctx, broadcast=True, hash=False)
+        limit = self.window * self.n_workers
+        pending = distributed.as_completed()
+        tasks = iter(tasks)
+        in_flight = 0
+
+        def submit_next() -> bool:
+            nonlocal in_flight
+            task = next(tasks, None)
+            if task is None:
+                return False
+            pending.add(self.client.submit(run_chunk, self._featurizer, ctx_future, task, pure=False,
+                                           retries=2, key=f"ntkal-{task.label}-{task.start}-{id(ctx)}"))
+            in_flight += 1
+            return True
+
+        while in_flight < limit and submit_next():
+            pass
+        for future in pending:
+            result: ChunkResult = future.result()
+            in_flight -= 1
+            future.release()
+            submit_next()
+            yield result
+
+    def close(self) -> None:
+        if self.owns:
+            cluster = getattr(self.client, "cluster", None)
+            with contextlib.suppress(Exception):
+                self.client.close()
+            if cluster is not None:
+                with contextlib.suppress(Exception):
+                    cluster.close()
+
+
+def executor_for(client=None, workers: int = 1, *, where: str = "acquire", scheduler: str | None = None):
+    """The executor for a run: ``client`` (a distributed.Client), ``scheduler`` (its address), ``workers``
+    local worker processes, or in-process."""
+    if client is not None or scheduler is not None:
+        distributed = _dask(where)
+        if client is None:
+            try:
+                client = distributed.Client(scheduler, timeout="10s")
+            except (OSError, TimeoutError) as exc:
+                raise InvalidArgumentError(f"{where}: scheduler {scheduler!r} cannot be reached: {exc}") from exc
+            return DaskExecutor(client, owns=True)
+        if not isinstance(client, distributed.Client):
+            raise InvalidArgumentError(f"{where}: client must be a distributed.Client; got {type(client).__name__}")
+        if client.status not in ("running", "newly-created"):
+            raise InvalidArgumentError(f"{where}: client is {client.status!r}, not connected to a scheduler")
+        return DaskExecutor(client)
+    if workers > 1:
+        distributed = _dask(where)
+        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=40,
+                                           worker_class=distributed.Nanny)
+        return DaskExecutor(distributed.Client(cluster), owns=True)
+    return InProcess()

@@ -1,0 +1,270 @@
+"""The work of one feature chunk, the same wherever it runs (this process or a Dask worker).
+
+A chunk task featurizes its structures (or reads them back from the feature store when a
+finished chunk is there), writes the chunk to the store, and returns only small things: the
+partial training Gram, the PV of every structure and the chunk's best candidates per stratum.
+The client merges those: a fixed-order tree sum of the Grams and a merge of the shortlists
+(ties: lower index), so the result does not depend on how many workers ran or in which order
+their chunks finished.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ._device import to_numpy
+from .blocks import Blocks
+from .errors import InvalidArgumentError
+
+__all__ = ["ChunkTask", "ChunkContext", "ChunkResult", "run_chunk", "pack", "unpack", "TreeSum", "merge_top",
+           "featurize_chunk"]
+
+
+def pack(atoms) -> tuple:
+    """A structure as plain arrays (what a featurizer reads): travels to workers without ASE objects."""
+    return (np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.get_positions(), dtype=np.float64),
+            np.asarray(atoms.cell, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool), dict(atoms.info))
+
+
+def unpack(packed):
+    from ase import Atoms
+
+    numbers, positions, cell, pbc, info = packed
+    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
+    atoms.info.update(info)
+    return atoms
+
+
+@dataclass
+class ChunkTask:
+    """One chunk of one label: what a worker needs besides the featurizer and the context."""
+
+    label: str
+    start: int
+    structures: list  # packed structures (see pack)
+    digest: str
+    keys: list  # stratum of each structure
+    left_out: dict = field(default_factory=dict)  # local index -> reason (found by the check pass)
+    exclude: list = field(default_factory=list)  # local indices that are no candidates (already in train)
+
+    @property
+    def stop(self) -> int:
+        return self.start + len(self.structures)
+
+
+@dataclass
+class ChunkContext:
+    """What every chunk task of one phase shares (sent to each worker once)."""
+
+    store_path: str
+    fingerprint: str
+    on_error: str = "stop"
+    gram: bool = False  # return the chunk's partial Gram
+    forces: bool = False  # return the featurizer's predicted forces (calibration residuals)
+    posterior: object = None  # score with it
+    intensive: bool = False
+    top: int = 0  # best candidates per stratum to return
+    scales: dict | None = None  # calibration: score = scale[key] * PV
+    one_thread: bool = False  # a worker process: 1 torch / engine thread
+
+
+@dataclass
+class ChunkResult:
+    label: str
+    start: int
+    stop: int
+    sizes: np.ndarray
+    skipped: dict  # global index -> reason
+    cached: bool
+    seconds: float
+    gram: np.ndarray | None = None
+    pv: np.ndarray | None = None
+    top: dict | None = None  # key -> (global indices, scores), best first
+    forces: list | None = None
+
+
+def featurize_chunk(featurizer, structures, first: int, label: str, left_out: dict, on_error: str,
+                    where: str = "acquire") -> tuple[Blocks, dict]:
+    """``featurizer(structures)`` with failures named by index; ``on_error="skip"`` leaves a failing
+    structure out (empty block) and reports it. Returns (blocks, {local index: reason})."""
+    skipped = dict(left_out)
+    todo = [i for i in range(len(structures)) if i not in skipped]
+    parts = {}
+    try:
+        if len(todo) == len(structures):
+            blocks = featurizer(structures)
+            _check_blocks(blocks, len(structures))
+            return blocks, skipped
+        if todo:
+            done = featurizer([structures[i] for i in todo])
+            _check_blocks(done, len(todo))
+            parts = {i: done[k] for k, i in enumerate(todo)}
+    except InvalidArgumentError as exc:
+        if "featurizer must return" in str(exc):
+            raise
+        parts = _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc)
+    except Exception as exc:  # noqa: BLE001 - name the structure that failed
+        parts = _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc)
+    return _with_empty_blocks(parts, len(structures), getattr(featurizer, "dim", None)), skipped
+
+
+def _check_blocks(blocks, n):
+    if not isinstance(blocks, Blocks) or len(blocks) != n:
+        raise InvalidArgumentError(
+            f"acquire: featurizer must return ntkal.Blocks with one block per structure; got "
+            f"{type(blocks).__name__} of length {len(blocks) if hasattr(blocks, '__len__') else '?'}")
+
+
+def _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc):
+    parts = {}
+    for i in todo:  # only after a failure: featurize one by one to find the structure(s)
+        try:
+            parts[i] = featurizer([structures[i]])[0]
+        except Exception as one:  # noqa: BLE001
+            if on_error == "skip":
+                skipped[i] = f"{type(one).__name__}: {one}"
+                continue
+            raise InvalidArgumentError(
+                f"{where}: {label}[{first + i}] ({structures[i].get_chemical_formula()}) could not be "
+                f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store") from one
+    if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
+        raise InvalidArgumentError(f"{where}: {label}[{first}...{first + len(structures) - 1}] could not be "
+                                   f"featurized together: {type(exc).__name__}: {exc}") from exc
+    return parts
+
+
+def _with_empty_blocks(parts: dict, n: int, dim) -> Blocks:
+    """Blocks for n structures: parts[i] rows for those featurized, no rows for the ones left out."""
+    sizes = np.array([parts[i].shape[0] if i in parts else 0 for i in range(n)], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    if parts:
+        rows = [to_numpy(parts[i]).astype(np.float32, copy=False) for i in range(n) if i in parts]
+        return Blocks(np.concatenate(rows), offsets)
+    if dim is None:
+        raise InvalidArgumentError("acquire: every structure of a chunk was left out before the feature width was "
+                                   "known (embedding kernel); nothing to score")
+    return Blocks(np.zeros((0, int(dim)), np.float32), offsets)
+
+
+_STORES: dict = {}
+_ONE_THREAD = False
+
+
+def _store(path: str, fingerprint: str):
+    from .feature_store import FeatureStore
+
+    key = (path, fingerprint)
+    if key not in _STORES:
+        _STORES[key] = FeatureStore(path, fingerprint, where="acquire", arg="cache")
+    return _STORES[key]
+
+
+def _one_thread() -> None:
+    """Worker processes run 1 torch and 1 engine thread each (rows are many small reverse passes)."""
+    global _ONE_THREAD
+    if _ONE_THREAD:
+        return
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:
+        pass
+    from .info import set_num_threads
+
+    set_num_threads(1)
+    _ONE_THREAD = True
+
+
+def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
+    """Featurize (or read back) one chunk, store it, and return what the client merges."""
+    t0 = time.perf_counter()
+    if ctx.one_thread:
+        _one_thread()
+    store = _store(ctx.store_path, ctx.fingerprint)
+    blocks = store.load(task.label, task.start, task.stop, task.digest)
+    cached = blocks is not None
+    structures = None
+    if cached:
+        skipped_local = {int(i): r for i, r in store.meta(task.label, task.start, task.stop).get("skipped", [])}
+    else:
+        structures = [unpack(p) for p in task.structures]
+        blocks, skipped_local = featurize_chunk(featurizer, structures, task.start, task.label,
+                                                {int(k): v for k, v in task.left_out.items()}, ctx.on_error)
+        store.save(task.label, task.start, task.stop, task.digest, blocks,
+                   skipped=sorted(skipped_local.items()))
+    host = blocks.to_host() if hasattr(blocks, "to_host") else blocks
+    out = ChunkResult(task.label, task.start, task.stop, np.asarray(host.sizes), {task.start + i: r for i, r in
+                      skipped_local.items()}, cached, 0.0)
+    if ctx.gram:
+        from .posterior import training_gram
+
+        out.gram = training_gram(host.rows) if host.n_rows else np.zeros((host.dim, host.dim))
+    if ctx.forces:
+        structures = structures or [unpack(p) for p in task.structures]
+        out.forces = [None if out.sizes[i] == 0 else featurizer.predict_forces(a) for i, a in enumerate(structures)]
+    if ctx.posterior is not None:
+        pv = np.asarray(to_numpy(ctx.posterior.variance(blocks, intensive=ctx.intensive)), dtype=np.float64)
+        pv[out.sizes == 0] = np.nan
+        out.pv = pv
+        if ctx.top:
+            score = pv.copy()
+            if ctx.scales is not None:
+                score *= np.array([ctx.scales.get(k, ctx.scales.get("*", 1.0)) for k in task.keys])
+            score[np.asarray(task.exclude, dtype=np.int64)] = np.nan
+            out.top = {}
+            for key in sorted(set(task.keys)):
+                members = np.array([i for i, k in enumerate(task.keys) if k == key and np.isfinite(score[i])],
+                                   dtype=np.int64)
+                if members.size:
+                    out.top[key] = best_first(task.start + members, score[members], ctx.top)
+    out.seconds = time.perf_counter() - t0
+    return out
+
+
+def best_first(indices, scores, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best (highest score; ties: lower index), best first."""
+    indices, scores = np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    order = np.lexsort((indices, -scores))[:k]
+    return indices[order], scores[order]
+
+
+def merge_top(merged: dict, part: dict | None, k: int) -> None:
+    """Merge one chunk's best candidates per stratum into ``merged`` (kept to k per stratum)."""
+    for key, (idx, sc) in (part or {}).items():
+        if key in merged:
+            idx, sc = np.concatenate([merged[key][0], idx]), np.concatenate([merged[key][1], sc])
+        merged[key] = best_first(idx, sc, k)
+
+
+class TreeSum:
+    """Sum of d x d partial Grams in a fixed binary tree over chunk order, whatever order they arrive
+    in: chunk i's Gram is held until all earlier ones are in, then merged like a binary counter
+    (equal-size partial sums pair up). The same tree on one process or many: the same bits."""
+
+    def __init__(self):
+        self.waiting: dict = {}
+        self.next = 0
+        self.stack: list = []  # (count, partial sum), counts decreasing powers of two
+
+    def add(self, position: int, gram: np.ndarray) -> None:
+        self.waiting[position] = gram
+        while self.next in self.waiting:
+            item, count = self.waiting.pop(self.next), 1
+            while self.stack and self.stack[-1][0] == count:
+                prev_count, prev = self.stack.pop()
+                item, count = prev + item, prev_count + count
+            self.stack.append((count, item))
+            self.next += 1
+
+    def total(self) -> np.ndarray | None:
+        if self.waiting:
+            raise RuntimeError(f"TreeSum: chunks {sorted(self.waiting)[:5]} arrived without chunk {self.next}")
+        if not self.stack:
+            return None
+        total = self.stack[-1][1]
+        for _, partial in reversed(self.stack[:-1]):
+            total = partial + total
+        return total
