@@ -37,7 +37,8 @@ from al import pools, report, runner  # noqa: E402
 from al.data import DataRecipe, load_dataset  # noqa: E402
 from al.loop import LoopConfig  # noqa: E402
 from al.model import FinetuneConfig  # noqa: E402
-from al.strategies import KERNEL_OF, STRATEGIES  # noqa: E402
+from al.data import CopperRecipe  # noqa: E402
+from al.strategies import ACQUIRE_KEYS, KERNEL_OF, STRATEGIES  # noqa: E402
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
@@ -58,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
+    p.add_argument("--scenario", default="mixed", choices=("mixed", "copper"),
+                   help="mixed: molecules (GFN2-xTB) and metals (EMT); copper: single domain, 70 %% redundant 300 K "
+                   "bulk frames plus hot, vacancy, surface and strained Cu (EMT)")
     p.add_argument("--domain", default="all", choices=("all", "molecule", "metal"),
                    help="restrict pool and test sets to molecules (GFN2-xTB) or metals (EMT)")
     p.add_argument("--pool-size", type=int, help="subsample the pool (stratified); default all (full)")
@@ -106,18 +110,29 @@ VARIANT_KEYS = ("noise_var", "shortlist_factor", "intensive", "normalize", "ener
 
 
 def parse_variant(text: str):
-    """'label:strategy:k=v,k=v' -> (label, strategy, {k: v}) with numbers and booleans parsed."""
+    """'label:strategy:k=v,k=v' -> (label, strategy, {k: v}) with numbers and booleans parsed.
+
+    For acq_* strategies the keys are ntkal.acquire's (strategy, strata, calibrate, noise_var, scale,
+    intensive, shortlist) and go to it as {"acquire": {...}}."""
     label, strategy, *rest = text.split(":")
     if strategy not in KERNEL_OF:
         raise SystemExit(f"--variant {text!r}: strategy must be one of {sorted(KERNEL_OF)}")
+    product = strategy.startswith("acq_")
     overrides = {}
     for item in filter(None, (rest[0] if rest else "").split(",")):
         key, value = item.split("=", 1)
-        if key not in VARIANT_KEYS:
+        if key not in (ACQUIRE_KEYS if product else VARIANT_KEYS):
             raise SystemExit(f"--variant {text!r}: unknown key {key!r}")
-        overrides[key] = (value.lower() == "true") if value.lower() in ("true", "false") else (
-            int(value) if key == "shortlist_factor" else float(value))
-    return label, strategy, overrides
+        if value.lower() in ("true", "false"):
+            overrides[key] = value.lower() == "true"
+        elif key in ("shortlist_factor", "shortlist"):
+            overrides[key] = int(value)
+        else:
+            try:
+                overrides[key] = float(value)
+            except ValueError:
+                overrides[key] = value
+    return label, strategy, ({"acquire": overrides} if product else overrides)
 
 
 def replot(path: str) -> dict:
@@ -189,7 +204,7 @@ def main(argv=None) -> int:
         return 0
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
-    recipe = DataRecipe(seed=args.data_seed)
+    recipe = CopperRecipe(seed=args.data_seed) if args.scenario == "copper" else DataRecipe(seed=args.data_seed)
     data = load_dataset(args.cache, recipe)
     in_domain = lambda f: args.domain in ("all", f.info["domain"])  # noqa: E731
     eligible = np.array([i for i, f in enumerate(data.pool) if in_domain(f)])

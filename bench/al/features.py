@@ -52,8 +52,20 @@ def _featurizer(kernel: str, cfg: FeatureConfig):
     from ntkal.torch import Featurizer, models
 
     kwargs = {"force_rows": cfg.force_rows} if kernel in ("force", "joint") else {}
-    return Featurizer(models.chgnet(), kernel=kernel, dim=cfg.dim, seed=cfg.seed,
-                      workers=cfg.workers, **kwargs)
+    return Featurizer(models.chgnet(), kernel=kernel, dim=cfg.dim, seed=cfg.seed, **kwargs)
+
+
+def _features(kernel: str, cfg: FeatureConfig, frames):
+    """Blocks of ``frames``: the product's screen (ntkal.features.compute_features), on cfg.workers Dask
+    worker processes when more than one."""
+    import tempfile
+
+    from ntkal.features import compute_features
+
+    with tempfile.TemporaryDirectory(prefix="al-features-") as tmp:
+        store = compute_features(_featurizer(kernel, cfg), frames, tmp + "/store", workers=cfg.workers,
+                                 progress=False)
+        return store.read("structures")
 
 
 def split_joint(blocks, energy_weight: float):
@@ -75,10 +87,10 @@ def compute(kernels, frames, cfg: FeatureConfig, verbose: bool = True) -> dict:
     for kernel in ("embedding", "energy"):
         if kernel in kernels:
             t0 = time.perf_counter()
-            out[kernel] = (_featurizer(kernel, cfg)(frames), time.perf_counter() - t0)
+            out[kernel] = (_features(kernel, cfg, frames), time.perf_counter() - t0)
     if kernels & {"force", "joint"}:
         t0 = time.perf_counter()
-        unit = _featurizer("joint", cfg)(frames)
+        unit = _features("joint", cfg, frames)
         seconds = time.perf_counter() - t0
         force, joint = split_joint(unit, cfg.energy_weight)
         out["force"] = (force, seconds)

@@ -10,7 +10,7 @@ from . import model as M
 from .strategies import RoundState
 
 TEST_SETS = ("id", "shift")  # JSON keys: "energy_mae" (id), "shift_energy_mae" (shift), ...
-METRICS = ("energy_mae", "energy_rmse", "force_mae", "force_rmse")
+METRICS = ("energy_mae", "energy_rmse", "force_mae", "force_rmse", "force_p95")
 DOMAIN_METRICS = ("energy_mae_molecule", "energy_mae_metal", "force_mae_molecule", "force_mae_metal")
 
 
@@ -45,7 +45,10 @@ class Context:
 def _domains(frames) -> dict:
     """Masks of the molecule and metal frames: errors are also reported per domain."""
     domain = np.array([f.info["domain"] for f in frames])
-    return {"molecule": domain == "molecule", "metal": domain == "metal"}
+    groups = {"molecule": domain == "molecule", "metal": domain == "metal"}
+    system = np.array([str(f.info["system"]) for f in frames])
+    groups.update({f"sys_{s}": system == s for s in np.unique(system)})  # per condition / system
+    return groups
 
 
 def metric_key(test: str, metric: str) -> str:
@@ -96,7 +99,7 @@ def run(strategy, ctx: Context, pool_index, cfg: LoopConfig, seed: int, round0) 
         if rnd == cfg.rounds:
             break
         candidates = np.setdiff1d(pool_index, labelled)
-        state = RoundState(seed, rnd, candidates, labelled, net, ctx.graphs, ctx.labels, cfg.finetune)
+        state = RoundState(seed, rnd, candidates, labelled, net, ctx.graphs, ctx.labels, cfg.finetune, ctx.pool)
         t0 = time.perf_counter()
         picked = np.asarray(strategy.select(state, cfg.batch))
         acq = time.perf_counter() - t0

@@ -151,10 +151,13 @@ def errors(model, graphs, labels: Labels, groups=None) -> dict:
     df = [np.abs(p - r).ravel() for p, r in zip(f_pred, labels.forces)]
     flat = np.concatenate(df)
     out = {"energy_mae": float(np.mean(np.abs(de))), "energy_rmse": float(np.sqrt(np.mean(de ** 2))),
-           "force_mae": float(np.mean(flat)), "force_rmse": float(np.sqrt(np.mean(flat ** 2)))}
+           "force_mae": float(np.mean(flat)), "force_rmse": float(np.sqrt(np.mean(flat ** 2))),
+           "force_p95": float(np.percentile(flat, 95))}
     for name, mask in (groups or {}).items():
         mask = np.asarray(mask, dtype=bool)
         if mask.any():
             out[f"energy_mae_{name}"] = float(np.mean(np.abs(de[mask])))
-            out[f"force_mae_{name}"] = float(np.mean(np.concatenate([d for d, m in zip(df, mask) if m])))
+            part = np.concatenate([d for d, m in zip(df, mask) if m])
+            out[f"force_mae_{name}"] = float(np.mean(part))
+            out[f"force_p95_{name}"] = float(np.percentile(part, 95))
     return out

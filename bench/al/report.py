@@ -16,7 +16,8 @@ def aggregate(records: dict) -> dict:
     seeds = sorted(records)
     first = records[seeds[0]]
     out = {"n_labels": first["n_labels"], "seeds": seeds}
-    for key in CURVE_KEYS + ("acq_seconds", "finetune_seconds"):
+    extra = tuple(k for k in first if k not in CURVE_KEYS and ("_sys_" in k or "p95" in k))
+    for key in CURVE_KEYS + extra + ("acq_seconds", "finetune_seconds"):
         if key not in first:  # per-domain keys exist only for domains in the test sets
             continue
         values = np.array([records[s][key] for s in seeds], dtype=float)

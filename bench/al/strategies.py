@@ -15,9 +15,12 @@ import numpy as np
 from . import model as M
 
 STRATEGIES = ("random", "committee", "max_force", "embedding", "energy_ntk", "force_ntk",
-              "joint_ntk", "joint_ntk_greedy")
+              "joint_ntk", "joint_ntk_greedy", "acq_embedding", "acq_energy", "acq_force", "acq_joint")
 KERNEL_OF = {"embedding": "embedding", "energy_ntk": "energy", "force_ntk": "force",
-             "joint_ntk": "joint", "joint_ntk_greedy": "joint"}
+             "joint_ntk": "joint", "joint_ntk_greedy": "joint", "acq_embedding": "embedding",
+             "acq_energy": "energy", "acq_force": "force", "acq_joint": "joint"}
+# acq_*: the product pipeline itself, ntkal.acquire with its defaults, on the precomputed pool features
+ACQUIRE_KEYS = ("strategy", "strata", "calibrate", "noise_var", "scale", "intensive", "shortlist")
 
 
 @dataclass
@@ -32,6 +35,7 @@ class RoundState:
     graphs: list  # crystal graphs of the dataset pool
     labels: M.Labels  # pool labels: only the labelled ones may be read (committee training)
     finetune_config: M.FinetuneConfig
+    frames: list = None  # ase.Atoms of the dataset pool, labels attached (the product pipeline reads them)
 
 
 class RandomStrategy:
@@ -184,8 +188,65 @@ def composition_strata(candidates, graphs, n: int):
     return [(np.array(groups[k]), int(q)) for k, q in zip(order, quota)]
 
 
+class LookupFeaturizer:
+    """A featurizer for ntkal.acquire that looks the precomputed pool features up by structure digest, and
+    predicts forces with the pretrained model (the model the features were computed with)."""
+
+    def __init__(self, name, features, frames):
+        from ntkal.structures import structure_digest
+
+        self.features = features
+        self.name = name
+        self.index = {structure_digest(f): i for i, f in enumerate(frames)}
+        self.frames = frames
+        self._forces = None
+
+    def fingerprint(self) -> str:
+        return f"lookup-{self.name}"
+
+    def _position(self, atoms) -> int:
+        from ntkal.structures import structure_digest
+
+        return self.index[structure_digest(atoms)]
+
+    def __call__(self, structures):
+        return self.features.take([self._position(a) for a in structures])
+
+    def predict_forces(self, atoms):
+        if self._forces is None:  # the pretrained model's forces on the whole dataset pool, once
+            net = M.pretrained()
+            _, forces = M.predict(net, M.to_graphs(net, self.frames))
+            self._forces = forces
+        return np.asarray(self._forces[self._position(atoms)], dtype=np.float64)
+
+
+class AcquireStrategy:
+    """ntkal.acquire on the candidates, with the labelled structures (labels attached) as training set."""
+
+    def __init__(self, name, features, feature_seconds, **acquire_kwargs):
+        self.name = name
+        self.features = features
+        self.pending_seconds = float(feature_seconds)
+        self.kwargs = acquire_kwargs
+        self._featurizer = None
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        import ntkal
+
+        if self._featurizer is None:
+            self._featurizer = LookupFeaturizer(self.name, self.features, state.frames)
+        train = [state.frames[i] for i in state.labelled]
+        pool = [state.frames[i] for i in state.candidates]
+        res = ntkal.acquire(self._featurizer, train, pool, n, seed=state.seed, progress=False, **self.kwargs)
+        return state.candidates[res.indices]
+
+    def charge_once(self) -> float:
+        seconds, self.pending_seconds = self.pending_seconds, 0.0
+        return seconds
+
+
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
-         intensive=True, normalize=False, energy_weight=1.0, stratify=False):
+         intensive=True, normalize=False, energy_weight=1.0, stratify=False, acquire=None):
     """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds)."""
     if name == "random":
         return RandomStrategy()
@@ -193,6 +254,9 @@ def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlis
         return MaxForceStrategy()
     if name == "committee":
         return CommitteeStrategy(committee_size)
+    if name.startswith("acq_"):
+        blocks, seconds = features
+        return AcquireStrategy(name, blocks, seconds, **(acquire or {}))
     if name in KERNEL_OF:
         if energy_weight != 1.0 and KERNEL_OF[name] != "joint":
             raise ValueError(f"strategies.make: energy_weight applies to joint-kernel strategies, not {name!r}")
