@@ -128,6 +128,14 @@ class Featurizer:
             force=None if kernel == "energy" else self.force_rows,
             energy_weight=self.energy_weight, force_weight=self.force_weight, seed=self.seed)
 
+    def __getstate__(self) -> dict:
+        """Pickled for worker processes without the sketch (a C++ object, rebuilt there from its seed:
+        the same matrix) and the chunk plan."""
+        state = dict(self.__dict__)
+        state["_sketch"] = None
+        state["_plan"] = None
+        return state
+
     # ---- layout -----------------------------------------------------------------------
     @property
     def n_params(self) -> int:
