@@ -113,7 +113,7 @@ def executor_for(client=None, workers: int = 1, *, where: str = "acquire", sched
         distributed = _dask(where)
         if client is None:
             try:
-                client = distributed.Client(scheduler, timeout="10s")
+                client = distributed.Client(scheduler, timeout="5s")
             except (OSError, TimeoutError) as exc:
                 raise InvalidArgumentError(f"{where}: scheduler {scheduler!r} cannot be reached: {exc}") from exc
             return DaskExecutor(client, owns=True)
@@ -125,7 +125,7 @@ def executor_for(client=None, workers: int = 1, *, where: str = "acquire", sched
     if workers > 1:
         distributed = _dask(where)
         cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=40,
+                                           dashboard_address=":0", silence_logs=40,  # any free port: never a clash
                                            worker_class=distributed.Nanny)
         return DaskExecutor(distributed.Client(cluster), owns=True)
     return InProcess()

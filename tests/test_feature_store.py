@@ -1,0 +1,128 @@
+"""The zarr feature store: all-or-nothing chunks, damaged chunks never used, one featurizer per store."""
+import os
+import threading
+
+import numpy as np
+import pytest
+from _require import require
+
+require("zarr")
+
+import ntkal  # noqa: E402
+from ntkal.feature_store import FeatureStore  # noqa: E402
+
+FP = "f" * 32
+
+
+def blocks(seed, sizes=(2, 0, 3, 1), dim=5):
+    rng = np.random.default_rng(seed)
+    rows = rng.standard_normal((sum(sizes), dim)).astype(np.float32)
+    return ntkal.Blocks(rows, np.concatenate([[0], np.cumsum(sizes)]))
+
+
+def data_files(store, label="pool"):
+    return sorted(p for p in (store.path / label).rglob("*") if p.is_file() and "/c/" in str(p))
+
+
+def test_round_trip_take_read_and_dask(tmp_path):
+    st = FeatureStore(tmp_path / "s", FP, {"kernel": "joint"})
+    a, b = blocks(0), blocks(1, sizes=(1, 4))
+    st.save("pool", 0, 4, "d0", a)
+    st.save("pool", 4, 6, "d1", b, skipped=[(1, "bad")])
+    assert st.chunks("pool") == [(0, 4), (4, 6)] and st.labels() == ["pool"]
+    np.testing.assert_array_equal(st.load("pool", 0, 4, "d0").rows, a.rows)
+    assert st.meta("pool", 4, 6)["skipped"] == [[1, "bad"]]
+    whole = ntkal.Blocks.concatenate([a, b])
+    np.testing.assert_array_equal(st.read("pool").rows, whole.rows)
+    np.testing.assert_array_equal(st.read("pool").offsets, whole.offsets)
+    picked = st.take("pool", [5, 0, 2])
+    np.testing.assert_array_equal(picked.rows, whole.take([5, 0, 2]).rows)
+    rows, offsets = st.to_dask("pool")
+    np.testing.assert_array_equal(rows.compute(), whole.rows)
+    np.testing.assert_array_equal(offsets, whole.offsets)
+    reopened = FeatureStore(tmp_path / "s")  # read-only open, whatever wrote it
+    assert reopened.fingerprint == FP and reopened.config == {"kernel": "joint"}
+
+
+def test_other_structures_under_the_same_range_are_not_used(tmp_path):
+    st = FeatureStore(tmp_path, FP)
+    st.save("pool", 0, 4, "d0", blocks(0))
+    assert st.load("pool", 0, 4, "another digest") is None
+    assert st.load("pool", 0, 4, "d0") is not None  # not damaged: kept
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "delete", "offsets", "meta"])
+def test_damaged_chunk_is_detected_discarded_and_recomputed(tmp_path, damage):
+    st = FeatureStore(tmp_path, FP)
+    st.save("pool", 0, 4, "d0", blocks(0))
+    rows_file = [p for p in data_files(st) if "/rows/" in str(p)][0]
+    if damage == "flip":
+        data = bytearray(rows_file.read_bytes())
+        data[7] ^= 0x10
+        rows_file.write_bytes(bytes(data))
+    elif damage == "truncate":
+        rows_file.write_bytes(rows_file.read_bytes()[:-9])
+    elif damage == "delete":  # zarr alone would read a missing chunk as zeros
+        rows_file.unlink()
+    elif damage == "offsets":
+        f = [p for p in data_files(st) if "/offsets/" in str(p)][0]
+        f.write_bytes(b"\0" * len(f.read_bytes()))
+    else:
+        (st.path / "pool" / "c000000000-000000004" / "zarr.json").write_text("{not json")
+    assert st.load("pool", 0, 4, "d0") is None
+    assert st.chunks("pool") == []  # moved aside: a rerun recomputes it
+    st.save("pool", 0, 4, "d0", blocks(0))
+    np.testing.assert_array_equal(st.load("pool", 0, 4, "d0").rows, blocks(0).rows)
+
+
+def test_half_written_chunk_does_not_count(tmp_path):
+    st = FeatureStore(tmp_path, FP)
+    st.save("pool", 0, 4, "d0", blocks(0))
+    # what a killed writer leaves: a temporary directory, never renamed into place
+    os.rename(st.path / "pool" / "c000000000-000000004", st.path / "pool" / ".tmp-c000000000-000000004-dead")
+    assert st.chunks("pool") == [] and st.load("pool", 0, 4, "d0") is None
+
+
+def test_two_writers_of_one_chunk_leave_one_complete_copy(tmp_path):
+    st1, st2 = FeatureStore(tmp_path, FP), FeatureStore(tmp_path, FP)
+    errors = []
+
+    def write(st, seed):
+        try:
+            for _ in range(20):
+                st.save("pool", 0, 4, "d0", blocks(0))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(s, i)) for i, s in enumerate((st1, st2))]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors
+    np.testing.assert_array_equal(st1.load("pool", 0, 4, "d0").rows, blocks(0).rows)
+    assert [p.name for p in (tmp_path / "pool").iterdir()] == ["c000000000-000000004"]
+
+
+def test_bad_stores_are_refused_naming_the_argument(tmp_path):
+    FeatureStore(tmp_path / "s", FP)
+    with pytest.raises(ntkal.InvalidArgumentError, match="cache .* holds features of another featurizer"):
+        FeatureStore(tmp_path / "s", "0" * 32, where="acquire", arg="cache")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(ntkal.InvalidArgumentError, match="not an ntkal feature store"):
+        FeatureStore(tmp_path / "other", FP)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ntkal.InvalidArgumentError, match="cache .* cannot be written"):
+        FeatureStore(tmp_path / "file" / "store", FP, where="acquire", arg="cache")
+    with pytest.raises(ntkal.InvalidArgumentError, match="not an ntkal feature store"):
+        FeatureStore(tmp_path / "missing")
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes to read-only directories")
+def test_read_only_store_is_refused(tmp_path):
+    FeatureStore(tmp_path / "s", FP)
+    os.chmod(tmp_path / "s", 0o555)
+    try:
+        with pytest.raises(ntkal.InvalidArgumentError, match="not writable"):
+            FeatureStore(tmp_path / "s", FP)
+    finally:
+        os.chmod(tmp_path / "s", 0o755)
