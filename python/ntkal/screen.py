@@ -48,10 +48,11 @@ class ChunkTask:
     keys: list  # stratum of each structure
     left_out: dict = field(default_factory=dict)  # local index -> reason (found by the check pass)
     exclude: list = field(default_factory=list)  # local indices that are no candidates (already in train)
+    count: int | None = None  # structures in the chunk when ``structures`` is empty (a stored chunk, read back)
 
     @property
     def stop(self) -> int:
-        return self.start + len(self.structures)
+        return self.start + (len(self.structures) if self.count is None else self.count)
 
 
 @dataclass
@@ -187,6 +188,9 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
     blocks = store.load(task.label, task.start, task.stop, task.digest)
     cached = blocks is not None
     structures = None
+    if not cached and not task.structures:
+        raise InvalidArgumentError(f"acquire: {task.label} chunk {task.start}..{task.stop} is not in the feature store "
+                                   f"{ctx.store_path!r} (or failed its checks) and no structures came to recompute it")
     if cached:
         skipped_local = {int(i): r for i, r in store.meta(task.label, task.start, task.stop).get("skipped", [])}
     else:
