@@ -183,6 +183,16 @@ def featurise(args, kernels, frames, master, run_dir) -> dict:
     """Pool features of every kernel, computed once per run directory; {kernel: seconds}."""
     path = lambda name: os.path.join(run_dir, name)  # noqa: E731
     missing = [k for k in kernels if not os.path.exists(path(f"features_{k}.npz"))]
+    if "joint_loss" in missing and os.path.exists(path("features_joint.npz")):  # derived, exactly, from joint
+        import ntkal
+
+        unit = ntkal.Blocks.load(path("features_joint.npz"))
+        if args.energy_weight != 1.0:
+            raise SystemExit("joint_loss is derived from unit-weight joint features; drop --energy-weight")
+        F.loss_matched(unit, frames).save(path("features_joint_loss.tmp.npz"))
+        os.replace(path("features_joint_loss.tmp.npz"), path("features_joint_loss.npz"))
+        np.save(path("features_joint_loss_seconds.npy"), np.load(path("features_joint_seconds.npy")))
+        missing.remove("joint_loss")
     if missing:
         print(f"featurising {len(frames)} pool structures with pretrained CHGNet: {missing}", flush=True)
         cfg = F.FeatureConfig(dim=args.dim, force_rows=args.force_rows, energy_weight=args.energy_weight,

@@ -80,6 +80,25 @@ def split_joint(blocks, energy_weight: float):
     return ntkal.Blocks.from_list(force), ntkal.Blocks.from_list(joint)
 
 
+def loss_matched(unit, frames):
+    """Joint rows weighted to the study's fine-tuning loss, MSE(E/atom) + MSE(F) over a batch's components,
+    with the product's ntkal.torch.Loss: energy row / N, force rows x sqrt(1 / (3 N_mean)). Exact from the
+    unit-weight joint rows (weighting after the linear sketch is exact), so no second featurisation."""
+    import ntkal
+    from ntkal.torch import Loss
+
+    n_atoms = np.array([len(f) for f in frames])
+    loss = Loss(1.0, 1.0 / (3.0 * n_atoms.mean()), "per_atom", "per_component")
+    out = []
+    for i in range(len(unit)):
+        e, f = loss.row_weights(int(n_atoms[i]))
+        rows = np.array(unit[i], dtype=np.float32)
+        rows[:1] *= e
+        rows[1:] *= f
+        out.append(rows)
+    return ntkal.Blocks.from_list(out)
+
+
 def compute(kernels, frames, cfg: FeatureConfig, verbose: bool = True) -> dict:
     """{kernel: (ntkal.Blocks over ``frames``, seconds)} for kernels in energy/force/joint/embedding."""
     kernels = set(kernels)
@@ -88,13 +107,14 @@ def compute(kernels, frames, cfg: FeatureConfig, verbose: bool = True) -> dict:
         if kernel in kernels:
             t0 = time.perf_counter()
             out[kernel] = (_features(kernel, cfg, frames), time.perf_counter() - t0)
-    if kernels & {"force", "joint"}:
+    if kernels & {"force", "joint", "joint_loss"}:
         t0 = time.perf_counter()
         unit = _features("joint", cfg, frames)
         seconds = time.perf_counter() - t0
         force, joint = split_joint(unit, cfg.energy_weight)
         out["force"] = (force, seconds)
         out["joint"] = (joint, seconds)
+        out["joint_loss"] = (loss_matched(unit, frames), seconds)
     if verbose:
         for kernel, (blocks, seconds) in out.items():
             print(f"  features {kernel:9s}: {len(blocks)} structures, {blocks.n_rows} rows x "

@@ -15,10 +15,11 @@ import numpy as np
 from . import model as M
 
 STRATEGIES = ("random", "committee", "max_force", "embedding", "energy_ntk", "force_ntk",
-              "joint_ntk", "joint_ntk_greedy", "acq_embedding", "acq_energy", "acq_force", "acq_joint")
+              "joint_ntk", "joint_ntk_greedy", "acq_embedding", "acq_energy", "acq_force", "acq_joint",
+              "acq_joint_loss")
 KERNEL_OF = {"embedding": "embedding", "energy_ntk": "energy", "force_ntk": "force",
              "joint_ntk": "joint", "joint_ntk_greedy": "joint", "acq_embedding": "embedding",
-             "acq_energy": "energy", "acq_force": "force", "acq_joint": "joint"}
+             "acq_energy": "energy", "acq_force": "force", "acq_joint": "joint", "acq_joint_loss": "joint_loss"}
 # acq_*: the product pipeline itself, ntkal.acquire with its defaults, on the precomputed pool features
 ACQUIRE_KEYS = ("strategy", "strata", "calibrate", "noise_var", "scale", "intensive", "shortlist")
 
