@@ -46,7 +46,8 @@ def test_backends_import_no_public_module():
 
 def test_lower_layers_import_no_higher_layer():
     lower = {"errors", "options", "_validation", "_device", "blocks", "_loader"}
-    higher = PUBLIC | {"backends", "feature_cache", "structures", "progress", "demo_data"}
+    higher = PUBLIC | {"backends", "feature_store", "structures", "progress", "demo_data", "screen", "executors",
+                       "strata", "calibration", "variance_reduction", "features", "store_scoring"}
     for mod in lower:
         for name in _imports(PKG / f"{mod}.py"):
             parts = name.split(".")
@@ -59,7 +60,8 @@ def test_each_vocabulary_is_spelled_once():
     from ntkal import options
 
     vocabularies = [set(v) for v in (options.SKETCH_KINDS, options.PRECISIONS, options.METHODS, options.STRATEGIES,
-                                     options.KERNELS, options.MATMULS, options.DISTANCE_METHODS)]
+                                     options.KERNELS, options.MATMULS, options.DISTANCE_METHODS, options.STRATA,
+                                     options.CALIBRATE, options.LOSS_ENERGY_TERMS, options.LOSS_FORCE_TERMS)]
     found = []
     for path in PKG.rglob("*.py"):
         if path.name in ("options.py", "_reference.py"):

@@ -17,7 +17,9 @@ POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need 
 METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")
 STRATEGIES = ("pv_lcmd", "greedy_pv", "variance_reduction", "topk", "random")  # ntkal.acquire
 STRATA = ("none", "composition")  # ntkal.acquire: how the batch is split over groups of the pool
-CALIBRATE = ("off", "on", "auto")  # ntkal.acquire: output scale of the posterior from labelled residuals
+CALIBRATE = ("off", "on", "auto")
+LOSS_ENERGY_TERMS = ("per_atom", "total")  # ntkal.torch.Loss: energy residual per atom or total
+LOSS_FORCE_TERMS = ("per_component", "per_structure")  # ntkal.torch.Loss: force residuals summed or per-structure mean  # ntkal.acquire: output scale of the posterior from labelled residuals
 ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
@@ -45,4 +47,4 @@ def name(engine_value, choices: tuple) -> str:
 
 
 __all__ = ["DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
-           "CALIBRATE", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
+           "CALIBRATE", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]

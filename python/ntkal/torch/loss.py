@@ -18,11 +18,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import InvalidArgumentError
+from ..options import LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, choice
 
 __all__ = ["Loss"]
-
-ENERGY_TERMS = ("per_atom", "total")
-FORCE_TERMS = ("per_component", "per_structure")
 
 
 @dataclass(frozen=True)
@@ -51,10 +49,8 @@ class Loss:
             if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
                     or value <= 0:
                 raise InvalidArgumentError(f"Loss: {name} must be a finite number > 0; got {value!r}")
-        if self.energy not in ENERGY_TERMS:
-            raise InvalidArgumentError(f"Loss: energy must be one of {ENERGY_TERMS}; got {self.energy!r}")
-        if self.forces not in FORCE_TERMS:
-            raise InvalidArgumentError(f"Loss: forces must be one of {FORCE_TERMS}; got {self.forces!r}")
+        choice(self.energy, LOSS_ENERGY_TERMS, "Loss", "energy")
+        choice(self.forces, LOSS_FORCE_TERMS, "Loss", "forces")
 
     def row_weights(self, n_atoms: int) -> tuple[float, float]:
         """(energy row weight, force row weight) of a structure with ``n_atoms`` atoms."""
