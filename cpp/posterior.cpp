@@ -25,16 +25,25 @@ Posterior::Posterior(const Posterior& o)
   gram_ = o.gram_;
 }
 
-void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
-  const int64_t chunk = std::max<int64_t>(1, kChunkElems / dim_);
-  std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim_));
+// gram (lower) += sum_r phi_r^T phi_r over float32 rows, widened to float64 a chunk at a time.
+static void add_row_products(const float* rows, int64_t n_rows, int64_t dim, double* gram) {
+  const int64_t chunk = std::max<int64_t>(1, Posterior::kChunkElems / dim);
+  std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim));
   for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
     const int64_t n = std::min(chunk, n_rows - r0);
-    const float* src = rows + r0 * dim_;
-#pragma omp parallel for schedule(static) if (n * dim_ > 65536)
-    for (int64_t i = 0; i < n * dim_; ++i) buf[i] = src[i];
-    fixed::syrk_lower_add(dim_, n, buf.data(), dim_, gram_.data(), dim_);
+    const float* src = rows + r0 * dim;
+#pragma omp parallel for schedule(static) if (n * dim > 65536)
+    for (int64_t i = 0; i < n * dim; ++i) buf[i] = src[i];
+    fixed::syrk_lower_add(dim, n, buf.data(), dim, gram, dim);
   }
+}
+
+void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
+  add_row_products(rows, n_rows, dim_, gram_.data());
+  counted(n_rows, n_blocks);
+}
+
+void Posterior::counted(int64_t n_rows, int64_t n_blocks) {
   std::lock_guard<std::mutex> lock(mutex_);
   n_rows_ += n_rows;
   n_blocks_ += n_blocks;
@@ -46,26 +55,14 @@ void Posterior::add(const float* rows, int64_t n_rows, int64_t n_blocks) {
 
 void training_gram(const float* rows, int64_t n_rows, int64_t dim, double* out) {
   std::fill(out, out + dim * dim, 0.0);
-  const int64_t chunk = std::max<int64_t>(1, Posterior::kChunkElems / dim);
-  std::vector<double> buf(static_cast<size_t>(std::min(chunk, std::max<int64_t>(n_rows, 1)) * dim));
-  for (int64_t r0 = 0; r0 < n_rows; r0 += chunk) {
-    const int64_t n = std::min(chunk, n_rows - r0);
-    const float* src = rows + r0 * dim;
-    for (int64_t i = 0; i < n * dim; ++i) buf[i] = src[i];
-    fixed::syrk_lower_add(dim, n, buf.data(), dim, out, dim);
-  }
+  add_row_products(rows, n_rows, dim, out);
 }
 
 void Posterior::add_gram(const double* gram, int64_t n_rows, int64_t n_blocks) {
   const int64_t d = dim_;
   for (int64_t i = 0; i < d; ++i)
     for (int64_t j = 0; j <= i; ++j) gram_[i * d + j] += gram[i * d + j];
-  std::lock_guard<std::mutex> lock(mutex_);
-  n_rows_ += n_rows;
-  n_blocks_ += n_blocks;
-  trace_ = 0.0;
-  for (int64_t i = 0; i < d; ++i) trace_ += gram_[i * d + i];
-  dirty_ = true;
+  counted(n_rows, n_blocks);
 }
 
 void Posterior::factor_locked() const {

@@ -50,6 +50,7 @@ class Posterior {
   static constexpr int64_t kChunkElems = int64_t(1) << 21;  // floats per scoring chunk (8 MB)
 
  private:
+  void counted(int64_t n_rows, int64_t n_blocks);  // after the Gram grew: counts, trace, refactor later
   void factor_locked() const;
   void ensure_factor() const;
 

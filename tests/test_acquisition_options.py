@@ -3,6 +3,7 @@ cases, float64 references and finite differences of the weighted loss."""
 import numpy as np
 import pytest
 from _require import require
+from _structures import cells
 
 torch = require("torch")
 require("ase")
@@ -106,18 +107,6 @@ def test_variance_reduction_rejects_bad_input():
 
 
 # ---- through acquire --------------------------------------------------------------------------------
-def cells(n, seed, gold_every=3):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.standard_normal(), cubic=True)
-        if i % gold_every == 0:
-            a[int(rng.integers(4))].symbol = "Au"
-        a.rattle(0.05 * (1 + 2 * rng.random()), seed=int(rng.integers(1 << 30)))
-        out.append(a)
-    return out
-
-
 @pytest.fixture(scope="module")
 def featurizer():
     return Featurizer(models.toy(seed=0, hidden=4, n_radial=3), "joint", dim=24, force_rows=3)

@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 from _require import require
+from _structures import cells
 
 torch = require("torch")
 require("ase")
@@ -22,18 +23,6 @@ from ntkal.torch import Featurizer, models  # noqa: E402
 
 # the helpers below travel to worker processes by value (tests/ is not on the workers' path)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def cells(n, seed):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        a = bulk("Cu", "fcc", a=3.6 + 0.05 * rng.standard_normal(), cubic=True)
-        if i % 3 == 0:
-            a[int(rng.integers(4))].symbol = "Au"
-        a.rattle(0.05 * (1 + 2 * rng.random()), seed=int(rng.integers(1 << 30)))
-        out.append(a)
-    return out
 
 
 @pytest.fixture(scope="module")
