@@ -260,3 +260,31 @@ def test_loss_rejects_bad_values():
             Loss(**kwargs)
     with pytest.raises(ntkal.InvalidArgumentError, match="loss"):
         Featurizer(models.toy(), "joint", dim=8, loss={"energy_weight": 1})
+
+
+def test_the_loop_as_users_run_it(featurizer, tmp_path):
+    """Round after round: the same pool file, a training file that grows by the labelled picks, one feature
+    store. The pool's features are computed once; nothing already labelled is picked again."""
+    import ase.io
+
+    pool = cells(40, 1)
+    ase.io.write(tmp_path / "pool.extxyz", pool)
+    train = labelled(cells(5, 0), featurizer, np.zeros(5))
+    ase.io.write(tmp_path / "train.extxyz", train)
+    store = tmp_path / "store"
+    picked = set()
+    for rnd in range(3):
+        res = acquire(featurizer, str(tmp_path / "train.extxyz"), str(tmp_path / "pool.extxyz"), 4, chunk_size=8,
+                      cache=store, progress=False, calibrate="auto", noise_var=1e-2)
+        assert res.calibration is not None  # the training file carries forces: calibration is on
+        pool_chunks = 5
+        if rnd == 0:
+            assert res.computed_chunks == 1 + pool_chunks
+        else:
+            assert res.computed_chunks <= 2  # only the training file's grown tail; the pool comes from the store
+            assert res.cached_chunks >= pool_chunks
+        assert not picked & set(res.indices.tolist())
+        assert set(res.excluded.tolist()) == picked
+        picked |= set(res.indices.tolist())
+        new = labelled([pool[i] for i in res.indices], featurizer, np.full(4, 0.1))  # "DFT" labels
+        ase.io.write(tmp_path / "train.extxyz", new, append=True)

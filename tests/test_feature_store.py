@@ -126,3 +126,13 @@ def test_read_only_store_is_refused(tmp_path):
             FeatureStore(tmp_path / "s", FP)
     finally:
         os.chmod(tmp_path / "s", 0o755)
+
+
+def test_stale_chunks_over_the_same_structures_are_replaced(tmp_path):
+    """A training file that grew: chunk 0..4 becomes 0..6; the old range goes, the label stays a partition."""
+    st = FeatureStore(tmp_path, FP)
+    st.save("train", 0, 4, "old", blocks(0))
+    st.save("train", 4, 6, "tail", blocks(1, sizes=(1, 1)))
+    st.save("train", 0, 6, "new", blocks(2, sizes=(1, 1, 1, 1, 1, 1)))
+    assert st.chunks("train") == [(0, 6)]
+    np.testing.assert_array_equal(st.read("train").rows, blocks(2, sizes=(1, 1, 1, 1, 1, 1)).rows)

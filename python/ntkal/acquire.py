@@ -395,15 +395,18 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
             n_rows += int(res.sizes.sum())
             n_blocks += int((res.sizes > 0).sum())
             dim = res.gram.shape[0]
-            starts.append(res.start)
+            starts.append((res.start, res.stop))
             if res.forces is not None:
                 predicted.update({res.start + i: f for i, f in enumerate(res.forces)})
         timings["train_features"] = time.perf_counter() - t
-        announce("train", starts)
+        starts.sort()
+        announce("train", [a for a, _ in starts])
         t = time.perf_counter()
         posterior = Posterior(dim, noise_var=noise_var, scale=scale, precision=precision)
         posterior.add_gram(grams.total(), n_rows, n_blocks)
-        blocks = store.read("train") if n_blocks else None
+        # this run's chunks, checked against this run's structures (the store may hold others)
+        blocks = Blocks.concatenate([store.load("train", a, b, digests["train"][a // chunk_size])
+                                     for a, b in starts]) if n_blocks else None
         present = np.flatnonzero(blocks.sizes > 0) if blocks is not None else np.zeros(0, np.int64)
         train_blocks = blocks.take(present) if present.size else None
         n_train = int(present.size)

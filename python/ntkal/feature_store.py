@@ -208,8 +208,13 @@ class FeatureStore:
                 if (final / "zarr.json").is_file() and self.load(label, start, stop, digest) is not None:
                     shutil.rmtree(tmp, ignore_errors=True)  # another screen finished the same chunk first
                     return
-                self._discard(final)
+                self._discard(final)  # computed from other structures: replaced
                 os.rename(tmp, final)
+            # chunks of other ranges over the same structures are stale (e.g. a training file that grew
+            # since): a label's chunks stay a partition of its structures
+            for a, b in self.chunks(label):
+                if (a, b) != (start, stop) and a < stop and start < b:
+                    self._discard(parent / _chunk_name(a, b))
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
             raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r}: cannot write a feature chunk: "
