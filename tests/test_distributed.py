@@ -14,7 +14,6 @@ require("ase")
 distributed = require("distributed")
 cloudpickle = require("cloudpickle")
 
-from ase.build import bulk  # noqa: E402
 
 import ntkal  # noqa: E402
 from ntkal.acquire import acquire  # noqa: E402

@@ -302,6 +302,7 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     # ---- 1. check every structure before any featurisation ---------------------------------------------
     t = time.perf_counter()
     train_digests, train_keys, train_forces = set(), [], []
+    pool_is_train = np.zeros(n_pool, dtype=bool)
     if calibrate == "auto":
         calibrate = "on" if (hasattr(featurizer, "predict_forces") and train_src is not None and len(train_src)
                              and all(_has_forces(a) for _, ch in train_src.chunks(chunk_size) for a in ch)) else "off"
@@ -322,6 +323,9 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                 keys.append(key)
                 if label == "train":
                     train_digests.add(structure_digest(atoms))
+                elif label == "pool" and train_digests and structure_digest(atoms) in train_digests:
+                    pool_is_train[start + i] = True  # already labelled: never a candidate
+                if label == "train":
                     if calibrate == "on":
                         train_forces.append(_reference_forces(atoms, where, f"train[{start + i}]"))
             chunk_digests.append(chunk_digest(structures))
@@ -342,11 +346,6 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                 train_keys = keys
             elif label == "pool":
                 pool_keys = keys
-    pool_is_train = np.zeros(n_pool, dtype=bool)
-    if train_digests:
-        for start, structures in pool_src.chunks(chunk_size):
-            for i, atoms in enumerate(structures):
-                pool_is_train[start + i] = structure_digest(atoms) in train_digests
     excluded = np.flatnonzero(pool_is_train).astype(np.int64)
     timings["check"] = time.perf_counter() - t
 
@@ -410,7 +409,8 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
         present = np.flatnonzero(blocks.sizes > 0) if blocks is not None else np.zeros(0, np.int64)
         train_blocks = blocks.take(present) if present.size else None
         n_train = int(present.size)
-        posterior.feature_scale  # factor now, once, before the posterior travels to workers
+        posterior.feature_scale  # factor now (client-side scoring and selection); a worker rebuilds the
+        # same bits from the pickled Gram with the same fixed-order kernels
         timings["posterior"] = time.perf_counter() - t
 
     # ---- 3. calibration on labelled residuals ----------------------------------------------------------

@@ -22,7 +22,7 @@ __all__ = ["main", "build_parser"]
 def _default_workers() -> int:
     try:
         import distributed  # noqa: F401 - parallel screening runs on Dask
-    except ImportError:
+    except ImportError:  # without the [distributed] extra, the screen runs in this process
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
