@@ -20,9 +20,9 @@ __all__ = ["main", "build_parser"]
 
 
 def _default_workers() -> int:
-    try:
-        import distributed  # noqa: F401 - parallel screening runs on Dask
-    except ImportError:  # without the [distributed] extra, the screen runs in this process
+    import importlib.util
+
+    if importlib.util.find_spec("distributed") is None:  # without the [distributed] extra: in this process
         return 1
     try:
         cores = len(os.sched_getaffinity(0))
