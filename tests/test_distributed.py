@@ -148,3 +148,34 @@ def test_cli_scheduler_and_workers(tmp_path, capsys):
     assert a == b
     code = main(base + ["--scheduler", "tcp://127.0.0.1:9", "--cache", str(tmp_path / "c")])
     assert code == 2 and "cannot be reached" in capsys.readouterr().err
+
+
+def test_two_screens_on_one_store_at_once(featurizer, tmp_path):
+    """Two processes screen the same pool into one store at the same time: both get the single-process
+    answer and the store holds one complete copy of every chunk. (Separate interpreters, as two users' screens
+    are: a forked child of this process, which has run OpenMP and torch thread pools, may hang.)"""
+    import pathlib
+    import subprocess
+
+    train, pool = cells(6, 10), cells(40, 11)
+    here = acquire(featurizer, train, pool, 4, chunk_size=5, progress=False)
+    tests = pathlib.Path(__file__).parent
+    script = (
+        "import sys; sys.path.insert(0, {tests!r})\n"
+        "from _structures import cells\n"
+        "from ntkal.acquire import acquire\n"
+        "from ntkal.torch import Featurizer, models\n"
+        "f = Featurizer(models.toy(seed=0, hidden=4, n_radial=3), 'joint', dim=24, force_rows=3)\n"
+        "r = acquire(f, cells(6, 10), cells(40, 11), 4, chunk_size=5, progress=False, cache={cache!r})\n"
+        "print(' '.join(map(str, r.indices.tolist())))\n"
+    ).format(tests=str(tests), cache=str(tmp_path / "s"))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tests.parent / "python"), os.environ.get("PYTHONPATH", "")]))
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-2000:]
+        assert [int(x) for x in out.split()] == here.indices.tolist()
+    store = FeatureStore(tmp_path / "s")
+    assert store.chunks("pool") == [(s, s + 5) for s in range(0, 40, 5)]
+    np.testing.assert_array_equal(store.read("pool").rows, featurizer(pool).rows)
