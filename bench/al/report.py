@@ -140,9 +140,50 @@ def plot_pool_shift(path: str, shift: dict, title: str) -> None:
     plt.close(fig)
 
 
+def markdown_conditions(payload: dict) -> str:
+    """Tables of a single-domain study (per condition, tails, every round), for bench/RESULTS.md."""
+    strategies, summary = payload["strategies"], payload["summary"]
+    any_run = next(iter(strategies.values()))
+    conds = sorted(k[len("force_mae_sys_"):] for k in any_run if k.startswith("force_mae_sys_") and not k.endswith("_std"))
+    pm = lambda s, key, i=-1: f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"  # noqa: E731
+    out = ["| strategy | force MAE | force RMSE | force p95 | energy MAE | energy RMSE | labels to random's final "
+           "| acq s | acq / committee |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, s in strategies.items():
+        row = summary[name]
+        frac = row.get("label_fraction_vs_random")
+        reach = "never" if frac is None else f"{row['labels_to_random_final_force_mae']:.0f} ({frac:.0%})"
+        com = row.get("acq_cost_ratio_vs_committee")
+        out.append(f"| {name} | {pm(s, 'force_mae')} | {pm(s, 'force_rmse')} | {pm(s, 'force_p95')} "
+                   f"| {pm(s, 'energy_mae')} | {pm(s, 'energy_rmse')} | {reach} | {row['acq_seconds_total']:.0f} "
+                   f"| {'-' if com is None else f'{com:.3f}'} |")
+    out += ["", "| final force MAE per condition (eV/Å) | " + " | ".join(conds) + " | shifted test |",
+            "|---|" + "---|" * (len(conds) + 1)]
+    for name, s in strategies.items():
+        out.append(f"| {name} | " + " | ".join(pm(s, f"force_mae_sys_{c}") for c in conds)
+                   + f" | {pm(s, 'shift_force_mae')} |")
+    out += ["", "| final force p95 per condition (eV/Å) | " + " | ".join(conds) + " |",
+            "|---|" + "---|" * len(conds)]
+    for name, s in strategies.items():
+        out.append(f"| {name} | " + " | ".join(pm(s, f"force_p95_sys_{c}") for c in conds) + " |")
+    n = any_run["n_labels"]
+    for key, label in (("force_mae", "force MAE (eV/Å)"), ("force_p95", "force p95 (eV/Å)"),
+                       ("energy_mae", "energy MAE (eV/atom)")):
+        out += ["", f"| {label} by labels | " + " | ".join(str(x) for x in n) + " |", "|---|" + "---|" * len(n)]
+        for name, s in strategies.items():
+            out.append(f"| {name} | " + " | ".join(f"{m:.4f} ± {d:.4f}" for m, d in zip(s[key], s[f"{key}_std"])) + " |")
+    if "selection_mix" in payload:
+        systems = sorted({t for r in payload["selection_mix"].values() for t in r["system"]})
+        out += ["", "| acquired structures (share) | " + " | ".join(systems) + " |", "|---|" + "---|" * len(systems)]
+        for name, r in payload["selection_mix"].items():
+            out.append(f"| {name} | " + " | ".join(f"{r['system'].get(t, 0.0):.2f}" for t in systems) + " |")
+    return "\n".join(out)
+
+
 def markdown(payload: dict) -> str:
     """The study's tables as Markdown (mean ± std over seeds), for bench/RESULTS.md."""
     strategies, summary = payload["strategies"], payload["summary"]
+    if "force_mae_molecule" not in next(iter(strategies.values())):
+        return markdown_conditions(payload)
     rnd = strategies.get("random")
     out = []
     pm = lambda s, key, i=-1: f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"  # noqa: E731
