@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._device import to_numpy
 from .blocks import Blocks
 from .errors import InvalidArgumentError
 
@@ -185,8 +186,8 @@ class FeatureStore:
     def save(self, label: str, start: int, stop: int, digest: str, blocks: Blocks, *, skipped=None) -> None:
         """Write the chunk under a temporary name, then rename it into place (all or nothing)."""
         zarr = _zarr()
-        rows = np.ascontiguousarray(np.asarray(blocks.rows), dtype=np.float32)
-        offsets = np.ascontiguousarray(np.asarray(blocks.offsets), dtype=np.int64)
+        rows = np.ascontiguousarray(to_numpy(blocks.rows), dtype=np.float32)  # device rows come to the host
+        offsets = np.ascontiguousarray(to_numpy(blocks.offsets), dtype=np.int64)
         parent = self.path / label
         final = parent / _chunk_name(start, stop)
         tmp = parent / f".tmp-{_chunk_name(start, stop)}-{uuid.uuid4().hex}"
