@@ -60,7 +60,8 @@ class AcquisitionResult:
         PV of every pool structure (None for ``random``, which featurizes only its picks).
     timings : dict of str -> float
         Seconds per stage: check (every structure, before any featurisation), train_features,
-        posterior, pool_features, scoring, select, total.
+        posterior, calibration, pool_features (wall time of featurizing and scoring the pool), scoring
+        (the scoring part of it, summed over chunks), select, total.
     n_pool, n_train : int
     cached_chunks, computed_chunks : int
         Feature chunks loaded from the cache / computed in this run.
@@ -461,7 +462,7 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
         if pool_grams is not None:
             pool_grams.add(res.start // chunk_size, res.gram)
         starts.append(res.start)
-        scoring += res.seconds
+        scoring += res.score_seconds
     timings["pool_features"] = time.perf_counter() - t
     announce("pool", starts)
     if pool_grams is not None:

@@ -79,8 +79,9 @@ class ChunkResult:
     sizes: np.ndarray
     skipped: dict  # global index -> reason
     cached: bool
-    seconds: float
+    seconds: float  # the whole task
     gram: np.ndarray | None = None
+    score_seconds: float = 0.0  # PV and the chunk's best candidates
     pv: np.ndarray | None = None
     top: dict | None = None  # key -> (global indices, scores), best first
     forces: list | None = None
@@ -210,6 +211,7 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
         structures = structures or [unpack(p) for p in task.structures]
         out.forces = [None if out.sizes[i] == 0 else featurizer.predict_forces(a) for i, a in enumerate(structures)]
     if ctx.posterior is not None:
+        t_score = time.perf_counter()
         pv = np.asarray(to_numpy(ctx.posterior.variance(blocks, intensive=ctx.intensive)), dtype=np.float64)
         pv[out.sizes == 0] = np.nan
         out.pv = pv
@@ -224,6 +226,7 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
                                    dtype=np.int64)
                 if members.size:
                     out.top[key] = best_first(task.start + members, score[members], ctx.top)
+        out.score_seconds = time.perf_counter() - t_score
     out.seconds = time.perf_counter() - t0
     return out
 
