@@ -173,7 +173,7 @@ def test_calibration_in_acquire_matches_hand_computation(featurizer):
 def test_variance_reduction_in_acquire_uses_the_pool_as_target(featurizer):
     train, pool = cells(6, 0), cells(25, 1)
     res = acquire(featurizer, train, pool, 3, strategy="variance_reduction", shortlist=10, progress=False,
-                  noise_var=1e-2, chunk_size=7)
+                  noise_var=1e-2, chunk_size=7, strata="none")
     blocks = featurizer(pool)
     post = ntkal.Posterior(24, noise_var=1e-2).add(featurizer(train))
     short = np.lexsort((np.arange(25), -post.variance(blocks)))[:10]

@@ -106,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--intensive", action="store_true", help="rank by PV per row (mixed structure sizes)")
     p.add_argument("--cache", default=None, help="feature store directory (zarr): finished chunks are kept, a rerun "
                    "resumes; reuse it across rounds for the same pool")
-    p.add_argument("--strata", default="none", choices=STRATA, help="composition: split the batch over element sets "
-                   "in proportion to their candidates (default none)")
+    p.add_argument("--strata", default="composition", choices=STRATA, help="composition (default): split the batch "
+                   "over element sets in proportion to their candidates; none: one ranking over the whole pool")
     p.add_argument("--calibrate", default="off", choices=CALIBRATE, help="scale PV per element set by the model's "
                    "residuals on the labelled training forces (auto: when every training structure has forces; "
                    "default off)")
