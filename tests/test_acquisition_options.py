@@ -238,15 +238,15 @@ def test_loss_matched_rows_give_the_weighted_loss_gradient(loss):
         plus = L(t)
         t[p] -= 2 * H
         grad_fd[p] = (plus - L(t)) / (2 * H)
-    J = Featurizer(model, "joint", dim=8, loss=loss).jacobian(atoms)
+    J = Featurizer(model, "joint", dim=8, loss=loss, force_rows="exact").jacobian(atoms)
     e, f = energy_forces(theta0)
     r = np.concatenate([[np.sqrt(loss.energy_weight) * per_atom * (e - e_ref)],
                         np.sqrt(loss.force_weight * per_comp) * (f - f_ref).reshape(-1)])
     grad = 2 * J.T @ r
     np.testing.assert_allclose(grad, grad_fd, atol=1e-6 * np.abs(grad_fd).max(), rtol=0)
     # sketched features carry the same weights: rows = weighted Jacobian x sketch
-    feat = Featurizer(model, "joint", dim=8, loss=loss)
-    unweighted = Featurizer(model, "joint", dim=8)
+    feat = Featurizer(model, "joint", dim=8, loss=loss, force_rows="exact")
+    unweighted = Featurizer(model, "joint", dim=8, force_rows="exact")
     we, wf = loss.row_weights(n)
     np.testing.assert_allclose(feat.features(atoms)[0], we * unweighted.features(atoms)[0], rtol=1e-6)
     np.testing.assert_allclose(feat.features(atoms)[1:], wf * unweighted.features(atoms)[1:], rtol=1e-6)
@@ -259,7 +259,7 @@ def test_loss_rejects_bad_values():
         with pytest.raises(ntkal.InvalidArgumentError, match=needle):
             Loss(**kwargs)
     with pytest.raises(ntkal.InvalidArgumentError, match="loss"):
-        Featurizer(models.toy(), "joint", dim=8, loss={"energy_weight": 1})
+        Featurizer(models.toy(), "joint", dim=8, loss={"energy_weight": 1}, force_rows="exact")
 
 
 def test_the_loop_as_users_run_it(featurizer, tmp_path):
@@ -288,3 +288,10 @@ def test_the_loop_as_users_run_it(featurizer, tmp_path):
         picked |= set(res.indices.tolist())
         new = labelled([pool[i] for i in res.indices], featurizer, np.full(4, 0.1))  # "DFT" labels
         ase.io.write(tmp_path / "train.extxyz", new, append=True)
+
+
+def test_featurizer_defaults_are_the_studied_ones():
+    model = models.toy()
+    f = Featurizer(model)
+    assert (f.kernel, f.dim, f.force_rows) == ("joint", 512, 4)
+    assert Featurizer(model, "energy").n_rows(bulk("Cu", "fcc", a=3.6, cubic=True)) == 1

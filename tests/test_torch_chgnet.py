@@ -77,7 +77,7 @@ def test_features_equal_sketch_of_jacobian(model, si):
         assert J.shape == (rows, f.n_params)
         ref = ntkal.Sketch(f.n_params, 128, seed=1).project(J)
         np.testing.assert_allclose(f.features(si), ref, rtol=1e-4, atol=1e-5 * np.abs(ref).max())
-    assert Featurizer(model, "last_layer").n_params == 12673
+    assert Featurizer(model, "last_layer", force_rows="exact").n_params == 12673
 
 
 def test_energy_row_matches_directional_difference(model, si):
@@ -97,7 +97,7 @@ def test_energy_row_matches_directional_difference(model, si):
 
 
 def test_exact_force_rows_sum_to_zero_over_atoms(model, si):
-    J = Featurizer(model, "force", dim=8, params="readout").jacobian(si)
+    J = Featurizer(model, "force", dim=8, params="readout", force_rows="exact").jacobian(si)
     assert J.shape == (6, 12673)
     assert np.abs(J.reshape(2, 3, -1).sum(axis=0)).max() < 1e-4 * np.abs(J).max()
 
@@ -153,7 +153,7 @@ def test_thin_vacuum_warns_and_features_still_come(model):
 
 def test_slab_force_rows_sum_to_zero_and_mixed_pool(model, si):
     slab, mol = _slab(), molecule("H2O")
-    feat = Featurizer(model, "force", dim=16, progress=False)
+    feat = Featurizer(model, "force", dim=16, progress=False, force_rows="exact")
     J = feat.jacobian(slab)
     np.testing.assert_allclose(J.reshape(len(slab), 3, -1).sum(axis=0), 0.0, atol=2e-4 * np.abs(J).max())
     blocks = Featurizer(model, "joint", dim=16, force_rows=2, progress=False)([si, slab, mol])

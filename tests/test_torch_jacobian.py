@@ -100,14 +100,14 @@ def test_energy_row_matches_finite_differences(toy, which, request):
 @pytest.mark.parametrize("which", ["methanol", "cu_cell"])
 def test_exact_force_rows_match_finite_differences(toy, which, request):
     atoms = request.getfixturevalue(which)
-    J = Featurizer(toy, "force", dim=8).jacobian(atoms)
+    J = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(atoms)
     assert J.shape == (3 * len(atoms), toy.n_params)
     assert_close(J, fd_force_rows(toy, atoms))
 
 
 def test_force_rows_are_mixed_second_derivatives(toy, methanol):
     """u^T J_F v = -d2E/dR dtheta [u, v], by a 4-point difference in positions and parameters."""
-    J = Featurizer(toy, "force", dim=8).jacobian(methanol)
+    J = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(methanol)
     theta = flat_params(toy)
     pos0 = toy.positions(methanol)
     rng = np.random.default_rng(0)
@@ -135,8 +135,8 @@ def test_forces_are_minus_energy_gradient(toy, cu_cell):
 
 def test_joint_rows_order_and_weights(toy, methanol):
     E = Featurizer(toy, "energy", dim=8).jacobian(methanol)
-    Fr = Featurizer(toy, "force", dim=8).jacobian(methanol)
-    J = Featurizer(toy, "joint", dim=8, energy_weight=2.0, force_weight=0.5).jacobian(methanol)
+    Fr = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(methanol)
+    J = Featurizer(toy, "joint", dim=8, energy_weight=2.0, force_weight=0.5, force_rows="exact").jacobian(methanol)
     assert J.shape == (1 + 3 * len(methanol), toy.n_params)
     np.testing.assert_allclose(J[0], 2.0 * E[0], rtol=1e-12)
     np.testing.assert_allclose(J[1:], 0.5 * Fr, rtol=1e-12, atol=1e-14)
@@ -144,7 +144,7 @@ def test_joint_rows_order_and_weights(toy, methanol):
 
 def test_k_force_rows_are_random_combinations(toy, methanol):
     k = 5
-    exact = Featurizer(toy, "force", dim=8).jacobian(methanol)
+    exact = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(methanol)
     J = Featurizer(toy, "joint", dim=8, force_rows=k, seed=7).jacobian(methanol)
     U = force_combinations(methanol, k, 7)
     assert U.shape == (k, 3 * len(methanol))
@@ -180,21 +180,21 @@ def test_k_row_gram_is_unbiased(methanol):
 @pytest.mark.parametrize("which", ["methanol", "cu_cell"])
 def test_force_rows_sum_to_zero_over_atoms(toy, which, request):
     atoms = request.getfixturevalue(which)
-    J = Featurizer(toy, "force", dim=8).jacobian(atoms)
+    J = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(atoms)
     total = J.reshape(len(atoms), 3, -1).sum(axis=0)
     assert np.abs(total).max() < 1e-12 * max(1.0, np.abs(J).max())
     assert np.abs(J).max() > 1e-3  # the rows themselves are not zero
 
 
 def test_last_layer_and_patterns_select_columns(toy, methanol):
-    full = Featurizer(toy, "joint", dim=8).jacobian(methanol)
+    full = Featurizer(toy, "joint", dim=8, force_rows="exact").jacobian(methanol)
     cols = toy.column_offsets()
     names = toy.names
     readout = np.concatenate([np.arange(cols[i], cols[i + 1]) for i, n in enumerate(names) if n.startswith("readout.")])
-    last = Featurizer(toy, "last_layer", dim=8).jacobian(methanol)
+    last = Featurizer(toy, "last_layer", dim=8, force_rows="exact").jacobian(methanol)
     np.testing.assert_array_equal(last, full[:, readout])
     radial = np.arange(cols[names.index("radial.weight")], cols[names.index("radial.weight") + 1])
-    sub = Featurizer(toy, "force", dim=8, params=["radial.*"]).jacobian(methanol)
+    sub = Featurizer(toy, "force", dim=8, params=["radial.*"], force_rows="exact").jacobian(methanol)
     np.testing.assert_array_equal(sub, full[1:, radial])
 
 
@@ -203,7 +203,7 @@ def test_unused_parameters_give_zero_columns(methanol):
     params = dict(base.params)
     params["unused.scale"] = torch.ones(3, dtype=torch.float64)
     model = FunctionalModel(base.energy_fn, params, supported_numbers=base.supported_numbers)
-    f = Featurizer(model, "joint", dim=16, chunk_size=5)
+    f = Featurizer(model, "joint", dim=16, chunk_size=5, force_rows="exact")
     J = f.jacobian(methanol)
     assert np.all(J[:, -3:] == 0)
     np.testing.assert_allclose(f.features(methanol), f.sketch.project(J), rtol=1e-5, atol=1e-5)
@@ -222,9 +222,9 @@ def test_projected_rows_equal_sketch_of_jacobian(toy, cu_cell, kernel, force_row
 
 
 def test_chunked_projection_equals_whole(toy, methanol):
-    whole = Featurizer(toy, "joint", dim=64, chunk_size=10**6, row_batch=100).features(methanol)
+    whole = Featurizer(toy, "joint", dim=64, chunk_size=10**6, row_batch=100, force_rows="exact").features(methanol)
     for chunk, batch in ((1, 1), (7, 2), (50, 5)):
-        part = Featurizer(toy, "joint", dim=64, chunk_size=chunk, row_batch=batch).features(methanol)
+        part = Featurizer(toy, "joint", dim=64, chunk_size=chunk, row_batch=batch, force_rows="exact").features(methanol)
         np.testing.assert_allclose(part, whole, rtol=1e-5, atol=1e-5 * np.abs(whole).max())
 
 
@@ -262,7 +262,7 @@ def test_bad_featurizer_arguments(toy, kwargs, needle):
 
 
 def test_bad_structures(toy, methanol):
-    f = Featurizer(toy, "joint", dim=8)
+    f = Featurizer(toy, "joint", dim=8, force_rows="exact")
     nan = methanol.copy()
     nan.positions[2, 1] = np.nan
     with pytest.raises(ntkal.InvalidArgumentError, match="structures\\[1\\] positions must be finite"):

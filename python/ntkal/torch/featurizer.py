@@ -33,14 +33,16 @@ class Featurizer:
         ``embedding``: 1 row, the mean over atoms of the model's per-atom features, not a
         Jacobian and not sketched (its width is the model's feature size, not ``dim``).
     dim : int
-        Sketch width d.
+        Sketch width d (default 512, the study's).
     sketch : {"sparse_sign", "gaussian"}
         Kind of :class:`ntkal.Sketch`.
     seed : int
         Seed of the sketch and of the k-row force combinations.
-    force_rows : "exact" or int
-        ``"exact"``: 3N force rows; k: k random +-1 combinations (see
-        :func:`ntkal.torch.jacobian.force_combinations`; U depends on (seed, atomic numbers)).
+    force_rows : "exact", int or None
+        ``"exact"``: 3N force rows (3N reverse passes: unaffordable for large structures); k: k random
+        +-1 combinations (see :func:`ntkal.torch.jacobian.force_combinations`; U depends on (seed,
+        atomic numbers)). None (default): k = 4, the setting of the active-learning study
+        (bench/RESULTS.md), for kernels with force rows.
     energy_weight, force_weight : float
         Multipliers of the energy row and of each force row.
     params : "all", "readout" or list of str, optional
@@ -67,8 +69,8 @@ class Featurizer:
         Default for showing a tqdm bar on stderr in ``__call__``.
     """
 
-    def __init__(self, model: FunctionalModel, kernel: str = "joint", dim: int = 1024, *,
-                 sketch: str = "sparse_sign", seed: int = 0, force_rows="exact",
+    def __init__(self, model: FunctionalModel, kernel: str = "joint", dim: int = 512, *,
+                 sketch: str = "sparse_sign", seed: int = 0, force_rows=None,
                  energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
                  chunk_size: int = 65536, row_batch: int = 8, threads: int | None = 1,
                  loss=None, progress: bool = False):
@@ -83,6 +85,8 @@ class Featurizer:
                 raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}; got {value!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
             raise InvalidArgumentError(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
+        if force_rows is None:  # the studied default: k = 4 combinations where there are force rows
+            force_rows = "exact" if kernel in KERNELS_WITHOUT_FORCE_ROWS else 4
         if force_rows != "exact":
             if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
                 raise InvalidArgumentError(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
