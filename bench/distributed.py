@@ -55,6 +55,8 @@ def _featurizer():
 
 
 def _client(workers: int):
+    """A LocalCluster as a user would start one (Dask's default worker environment, including its
+    MALLOC_TRIM_THRESHOLD_, which ntkal's workers undo; see ntkal.screen._generous_malloc)."""
     import distributed
 
     cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,

@@ -124,8 +124,16 @@ def executor_for(client=None, workers: int = 1, *, where: str = "acquire", sched
         return DaskExecutor(client)
     if workers > 1:
         distributed = _dask(where)
-        cluster = distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                                           dashboard_address=":0", silence_logs=40,  # any free port: never a clash
-                                           worker_class=distributed.Nanny)
+        import dask
+
+        # no MALLOC_TRIM_THRESHOLD_ in our workers' environment (see screen._generous_malloc)
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+            cluster = _local_cluster(distributed, workers)
         return DaskExecutor(distributed.Client(cluster), owns=True)
     return InProcess()
+
+
+def _local_cluster(distributed, workers: int):
+    return distributed.LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                                    dashboard_address=":0", silence_logs=40,  # any free port: never a clash
+                                    worker_class=distributed.Nanny)

@@ -177,7 +177,31 @@ def _one_thread() -> None:
     from .info import set_num_threads
 
     set_num_threads(1)
+    _generous_malloc()
     _ONE_THREAD = True
+
+
+def _generous_malloc() -> None:
+    """Undo Dask's MALLOC_TRIM_THRESHOLD_=65536 for this worker process.
+
+    Dask's nanny starts workers with that setting (it keeps worker memory low for data frames); for
+    autograd, whose every step frees and re-allocates tensors of hundreds of kB, it returns the memory
+    to the kernel each time: measured, a 1-worker screen took 75 % longer than the same work in-process.
+    glibc's default thresholds are restored by setting them explicitly (to what its dynamic rule reaches
+    for large tensors); any other libc is left alone."""
+    import ctypes
+    import ctypes.util
+    import os
+
+    if os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
+        return
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
+        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
 def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
