@@ -24,8 +24,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# bench/ goes last on the path: bench/distributed.py must not shadow the dask package ntkal runs on
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE] + [HERE]
+sys.path.insert(0, HERE)
 try:
     import ntkal  # noqa: F401
 except ImportError:  # running from a checkout without PYTHONPATH=python

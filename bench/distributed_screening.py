@@ -15,8 +15,8 @@ Three parts, each in fresh subprocesses so that every row has its own peak memor
    the same call on a 1-worker LocalCluster (the same compute, plus Dask), and on 2 workers.
 
 Usage (from the repository root):
-    PYTHONPATH=python python bench/distributed.py --out bench/results/distributed.json
-    PYTHONPATH=python python bench/distributed.py --parts store --store-structures 100000   # smaller store
+    PYTHONPATH=python python bench/distributed_screening.py --out bench/results/distributed.json
+    PYTHONPATH=python python bench/distributed_screening.py --parts store --store-structures 100000   # smaller store
 """
 from __future__ import annotations
 
@@ -38,10 +38,6 @@ except ImportError:
 import numpy as np  # noqa: E402
 
 from _common import emit_child_result, machine_info, run_child  # noqa: E402
-
-# this file is named like the dask package it benchmarks: keep its folder off the import path, so that
-# `import distributed` (here, in ntkal and in spawned workers) finds the package
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != HERE]
 
 
 def _peak_mb() -> float:
