@@ -169,8 +169,8 @@ def test_two_screens_on_one_store_at_once(featurizer, tmp_path):
         "r = acquire(f, cells(6, 10), cells(40, 11), 4, chunk_size=5, progress=False, cache={cache!r})\n"
         "print(' '.join(map(str, r.indices.tolist())))\n"
     ).format(tests=str(tests), cache=str(tmp_path / "s"))
-    here = os.path.dirname(os.path.dirname(ntkal.__file__))  # the ntkal this test imported (tree or install)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    pkg_dir = os.path.dirname(os.path.dirname(ntkal.__file__))  # the ntkal this test imported (tree or install)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([pkg_dir, os.environ.get("PYTHONPATH", "")]))
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for _ in range(2)]
     for p in procs:
