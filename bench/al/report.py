@@ -140,22 +140,33 @@ def plot_pool_shift(path: str, shift: dict, title: str) -> None:
     plt.close(fig)
 
 
+def _pm(s, key, i=-1) -> str:
+    """'mean ± std' of a curve entry."""
+    return f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"
+
+
+def _reach_and_cost(row: dict) -> tuple[str, str]:
+    """('labels to random's final' cell, 'acq / committee' cell) of a summary row."""
+    frac = row.get("label_fraction_vs_random")
+    reach = "never" if frac is None else f"{row['labels_to_random_final_force_mae']:.0f} ({frac:.0%})"
+    com = row.get("acq_cost_ratio_vs_committee")
+    return reach, "-" if com is None else f"{com:.3f}"
+
+
 def markdown_conditions(payload: dict) -> str:
     """Tables of a single-domain study (per condition, tails, every round), for bench/RESULTS.md."""
     strategies, summary = payload["strategies"], payload["summary"]
     any_run = next(iter(strategies.values()))
     conds = sorted(k[len("force_mae_sys_"):] for k in any_run if k.startswith("force_mae_sys_") and not k.endswith("_std"))
-    pm = lambda s, key, i=-1: f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"  # noqa: E731
+    pm = _pm
     out = ["| strategy | force MAE | force RMSE | force p95 | energy MAE | energy RMSE | labels to random's final "
            "| acq s | acq / committee |", "|---|---|---|---|---|---|---|---|---|"]
     for name, s in strategies.items():
         row = summary[name]
-        frac = row.get("label_fraction_vs_random")
-        reach = "never" if frac is None else f"{row['labels_to_random_final_force_mae']:.0f} ({frac:.0%})"
-        com = row.get("acq_cost_ratio_vs_committee")
+        reach, com = _reach_and_cost(row)
         out.append(f"| {name} | {pm(s, 'force_mae')} | {pm(s, 'force_rmse')} | {pm(s, 'force_p95')} "
                    f"| {pm(s, 'energy_mae')} | {pm(s, 'energy_rmse')} | {reach} | {row['acq_seconds_total']:.0f} "
-                   f"| {'-' if com is None else f'{com:.3f}'} |")
+                   f"| {com} |")
     out += ["", "| final force MAE per condition (eV/Å) | " + " | ".join(conds) + " | shifted test |",
             "|---|" + "---|" * (len(conds) + 1)]
     for name, s in strategies.items():
@@ -186,18 +197,16 @@ def markdown(payload: dict) -> str:
         return markdown_conditions(payload)
     rnd = strategies.get("random")
     out = []
-    pm = lambda s, key, i=-1: f"{s[key][i]:.4f} ± {s[key + '_std'][i]:.4f}"  # noqa: E731
+    pm = _pm
     out.append("| strategy | force MAE id | molecules | metals | force MAE shifted | energy MAE id "
                "| labels to random's final | acq s | acq / committee |")
     out.append("|---|---|---|---|---|---|---|---|---|")
     for name, s in strategies.items():
         row = summary[name]
-        frac = row.get("label_fraction_vs_random")
-        reach = "never" if frac is None else f"{row['labels_to_random_final_force_mae']:.0f} ({frac:.0%})"
-        com = row.get("acq_cost_ratio_vs_committee")
+        reach, com = _reach_and_cost(row)
         out.append(f"| {name} | {pm(s, 'force_mae')} | {pm(s, 'force_mae_molecule')} | {pm(s, 'force_mae_metal')} "
                    f"| {pm(s, 'shift_force_mae')} | {pm(s, 'energy_mae')} | {reach} "
-                   f"| {row['acq_seconds_total']:.0f} | {'-' if com is None else f'{com:.3f}'} |")
+                   f"| {row['acq_seconds_total']:.0f} | {com} |")
     n = rnd["n_labels"] if rnd else next(iter(strategies.values()))["n_labels"]
     out.append("")
     out.append("| force MAE id (eV/Å) | " + " | ".join(str(x) for x in n) + " |")
