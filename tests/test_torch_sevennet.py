@@ -30,13 +30,8 @@ def calculator():
         return SevenNetCalculator("7net-0", device="cpu")
 
 
-@pytest.mark.parametrize("which", ["cell", "molecule"])
-def test_adapter_matches_sevennet_calculator(model, calculator, which):
-    if which == "cell":
-        atoms = bulk("Si", "diamond", a=5.43)
-        atoms.rattle(0.05, seed=0)
-    else:
-        atoms = molecule("CH3OH")
+def assert_matches_calculator(model, atoms, calculator):
+    """The adapter's energy and forces (autograd) equal SevenNet's own ASE calculator on ``atoms``."""
     pos = model.positions(atoms, requires_grad=True)
     e = model.energy(atoms, None, pos)
     (g,) = torch.autograd.grad(e, pos)
@@ -44,6 +39,16 @@ def test_adapter_matches_sevennet_calculator(model, calculator, which):
     ref.calc = calculator
     assert float(e.detach()) == pytest.approx(ref.get_potential_energy(), rel=1e-5)
     np.testing.assert_allclose(-g.numpy(), ref.get_forces(), atol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["cell", "molecule"])
+def test_adapter_matches_sevennet_calculator(model, calculator, which):
+    if which == "cell":
+        atoms = bulk("Si", "diamond", a=5.43)
+        atoms.rattle(0.05, seed=0)
+    else:
+        atoms = molecule("CH3OH")
+    assert_matches_calculator(model, atoms, calculator)
 
 
 def test_features_and_rows(model):
@@ -77,13 +82,7 @@ def test_slab_with_adsorbate_matches_the_calculator(model, calculator):
     slab = fcc111("Cu", size=(2, 2, 3), vacuum=8.0)  # pbc = (True, True, False)
     add_adsorbate(slab, "O", 1.8, "fcc")
     slab.rattle(0.02, seed=4)
-    pos = model.positions(slab, requires_grad=True)
-    e = model.energy(slab, None, pos)
-    (g,) = torch.autograd.grad(e, pos)
-    ref = slab.copy()
-    ref.calc = calculator
-    assert float(e.detach()) == pytest.approx(ref.get_potential_energy(), rel=1e-5)
-    np.testing.assert_allclose(-g.numpy(), ref.get_forces(), atol=1e-4)
+    assert_matches_calculator(model, slab, calculator)
 
 
 @pytest.mark.parametrize("name,modal", [("7net-0_22May2024", None), ("7net-l3i5", None), ("7net-mf-0", "PBE")])
