@@ -307,9 +307,8 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     t = time.perf_counter()
     train_digests, train_keys, train_forces = set(), [], []
     pool_is_train = np.zeros(n_pool, dtype=bool)
-    if calibrate == "auto":
-        calibrate = "on" if (hasattr(featurizer, "predict_forces") and train_src is not None and len(train_src)
-                             and all(_has_forces(a) for _, ch in train_src.chunks(chunk_size) for a in ch)) else "off"
+    if calibrate == "auto" and not (hasattr(featurizer, "predict_forces") and train_src is not None and len(train_src)):
+        calibrate = "off"  # "auto" is decided on the training labels, read in the check pass below
 
     def check_all(src, label):
         problems = []
@@ -323,15 +322,16 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                     except InvalidArgumentError as exc:
                         problems.append(str(exc))
                         skipped[(label, start + i)] = str(exc).split(": ", 1)[-1]
-                key = composition_key(atoms) if strata == "composition" or calibrate == "on" else "*"
+                key = composition_key(atoms) if strata == "composition" or calibrate != "off" else "*"
                 keys.append(key)
-                if label == "train":
-                    train_digests.add(structure_digest(atoms))
-                elif label == "pool" and train_digests and structure_digest(atoms) in train_digests:
+                if label == "pool" and train_digests and structure_digest(atoms) in train_digests:
                     pool_is_train[start + i] = True  # already labelled: never a candidate
                 if label == "train":
-                    if calibrate == "on":
+                    train_digests.add(structure_digest(atoms))
+                    if calibrate == "on" or (calibrate == "auto" and _has_forces(atoms)):
                         train_forces.append(_reference_forces(atoms, where, f"train[{start + i}]"))
+                    elif calibrate == "auto":
+                        train_forces.append(None)
             chunk_digests.append(chunk_digest(structures))
             bar.update(len(structures))
         bar.close()
@@ -348,6 +348,8 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
             digests[label], keys = check_all(src, label)
             if label == "train":
                 train_keys = keys
+                if calibrate == "auto":  # on when every training structure carries forces
+                    calibrate = "on" if all(f is not None for f in train_forces) else "off"
             elif label == "pool":
                 pool_keys = keys
     excluded = np.flatnonzero(pool_is_train).astype(np.int64)
