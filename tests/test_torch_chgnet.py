@@ -126,6 +126,26 @@ def test_checkpoint_errors(tmp_path):
         models.chgnet("9.9.9")
 
 
+def test_fine_tuned_checkpoint_saved_by_chgnet(native, si, tmp_path):
+    """A fine-tuned model saved as CHGNet's Trainer saves one ({"model": as_dict()}, whose model_args carry
+    version and mlp_out_bias) loads, and the adapter predicts what that model predicts."""
+    import copy
+
+    tuned = copy.deepcopy(native)
+    with torch.no_grad():
+        for name, p in tuned.named_parameters():
+            if name.startswith("mlp."):
+                p.mul_(1.05)
+    path = tmp_path / "tuned.pth.tar"
+    torch.save({"model": tuned.as_dict()}, path)
+    adapter = models.chgnet(checkpoint=path)
+    e, f = energy_and_forces(adapter, si)
+    ref = native_prediction(tuned, si)
+    assert abs(e - native_prediction(native, si)["e"] * len(si)) > 1e-3  # the change is visible
+    assert e == pytest.approx(ref["e"] * len(si), rel=1e-5)
+    np.testing.assert_allclose(f, ref["f"], atol=1e-4)
+
+
 def _slab(vacuum=8.0):
     from ase.build import add_adsorbate, fcc111
 

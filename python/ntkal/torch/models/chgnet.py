@@ -78,8 +78,12 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
     state = _load_checkpoint(str(checkpoint), "ntkal.torch.models.chgnet")
     try:
         model_state = state["model"]
+        # The shipped checkpoints leave these out of model_args; a model saved with CHGNet's own
+        # as_dict() (its Trainer, a user's fine-tuned file) carries them, and they win.
+        extra = {k: v for k, v in (("mlp_out_bias", version == "0.2.0"), ("version", version))
+                 if k not in model_state.get("model_args", {})}
         with contextlib.redirect_stdout(io.StringIO()):  # CHGNet prints its parameter count
-            net = CHGNet.from_dict(model_state, mlp_out_bias=version == "0.2.0", version=version)
+            net = CHGNet.from_dict(model_state, **extra)
     except Exception as exc:
         raise InvalidArgumentError(f"ntkal.torch.models.chgnet: checkpoint {checkpoint} is not a CHGNet checkpoint: "
                       f"{type(exc).__name__}: {exc}") from exc
