@@ -38,7 +38,7 @@ from al.data import DataRecipe, load_dataset  # noqa: E402
 from al.loop import LoopConfig  # noqa: E402
 from al.model import FinetuneConfig  # noqa: E402
 from al.data import CopperRecipe  # noqa: E402
-from al.strategies import ACQUIRE_KEYS, KERNEL_OF, STRATEGIES  # noqa: E402
+from al.strategies import ACQUIRE_KEYS, KERNEL_OF, PRODUCT_STRATEGIES, STRATEGIES  # noqa: E402
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
@@ -89,6 +89,8 @@ def parse_args(argv=None):
     p.add_argument("--shift-pool-size", type=int)
     p.add_argument("--shift-rounds", type=int)
     p.add_argument("--shift-strategies", nargs="+", choices=STRATEGIES)
+    p.add_argument("--shift-variant", action="append", default=[], metavar="LABEL:STRATEGY:KEY=VALUE[,KEY=VALUE]",
+                   help="extra strategy setting in the pool-shift study (syntax of --variant)")
     p.add_argument("--no-pool-shift", action="store_true")
     p.add_argument("--work-dir", help="where finished jobs are kept; a rerun with the same settings "
                                         "resumes from it (default: next to --out)")
@@ -103,6 +105,7 @@ def parse_args(argv=None):
             setattr(args, key, value)
     args.shift_alphas = [a if a == "natural" else float(a) for a in args.shift_alphas]
     args.variants = [parse_variant(v) for v in args.variant]
+    args.shift_variants = [parse_variant(v) for v in args.shift_variant]
     return args
 
 
@@ -115,9 +118,9 @@ def parse_variant(text: str):
     For acq_* strategies the keys are ntkal.acquire's (strategy, strata, calibrate, noise_var, scale,
     intensive, shortlist) and go to it as {"acquire": {...}}."""
     label, strategy, *rest = text.split(":")
-    if strategy not in KERNEL_OF:
-        raise SystemExit(f"--variant {text!r}: strategy must be one of {sorted(KERNEL_OF)}")
-    product = strategy.startswith("acq_")
+    if strategy not in KERNEL_OF and strategy not in PRODUCT_STRATEGIES:
+        raise SystemExit(f"--variant {text!r}: strategy must be one of {sorted({*KERNEL_OF, *PRODUCT_STRATEGIES})}")
+    product = strategy in PRODUCT_STRATEGIES
     overrides = {}
     for item in filter(None, (rest[0] if rest else "").split(",")):
         key, value = item.split("=", 1)
@@ -154,7 +157,7 @@ def replot(path: str) -> dict:
 # places, worker count, and the strategy lists, which only add or drop jobs (every job
 # checks its own strategy arguments when it is resumed)
 NOT_IDENTITY = ("out", "work_dir", "keep_work", "plot_only", "workers", "cache",
-                "strategies", "variant", "variants", "shift_strategies")
+                "strategies", "variant", "variants", "shift_strategies", "shift_variant", "shift_variants")
 
 
 def open_work_dir(args) -> str:
@@ -228,7 +231,8 @@ def main(argv=None) -> int:
                           committee_size=args.committee_size,
                           finetune=FinetuneConfig(steps=args.steps, epochs=args.epochs, lr=args.lr))
     strategy_args = dict(committee_size=args.committee_size, noise_var=args.noise_var,
-                         shortlist_factor=args.shortlist_factor, intensive=not args.extensive)
+                         shortlist_factor=args.shortlist_factor, intensive=not args.extensive,
+                         feature=dict(dim=args.dim, force_rows=args.force_rows, feature_seed=args.data_seed))
 
     shift_cfg = LoopConfig(n_initial=args.n_initial, batch=args.batch, rounds=args.shift_rounds,
                            committee_size=args.committee_size, finetune=loop_cfg.finetune)
@@ -244,7 +248,8 @@ def main(argv=None) -> int:
                 idx = pools.biased(data.pool, master, key, value, None if alpha == "natural" else alpha,
                                    args.shift_pool_size, seed)
                 share = float(np.mean([pools.in_group(data.pool[i], key, value) for i in idx]))
-                runs.append((f"shift_a{share:.2f}", idx, seed, list(args.shift_strategies), shift_cfg))
+                runs.append((f"shift_a{share:.2f}", idx, seed, list(args.shift_strategies) + args.shift_variants,
+                             shift_cfg))
             shift["alpha_keys"].append(f"shift_a{share:.2f}")
             shift["alphas"].append(share)
 
@@ -282,12 +287,14 @@ def main(argv=None) -> int:
                           "test_keys": {"id": "energy_mae ...", "shift": "shift_energy_mae ..."},
                           "workers": args.workers, "cpu_count": os.cpu_count()}}
     if shift is not None:
-        shift["strategies"] = list(args.shift_strategies)
+        shift_labels = list(args.shift_strategies) + [v[0] for v in args.shift_variants]
+        shift["strategies"] = shift_labels
+        shift["variants"] = {label: {"strategy": name, **o} for label, name, o in args.shift_variants}
         shift["seeds"] = list(args.shift_seeds)
         shift["results"] = {}
         for pool_key in shift["alpha_keys"]:
             shift["results"][pool_key] = {}
-            for name in args.shift_strategies:
+            for name in shift_labels:
                 recs = [results[(pool_key, s, name)]["record"] for s in args.shift_seeds]
                 row = {}
                 for key in report.CURVE_KEYS:

@@ -16,11 +16,13 @@ from . import model as M
 
 STRATEGIES = ("random", "committee", "max_force", "embedding", "energy_ntk", "force_ntk",
               "joint_ntk", "joint_ntk_greedy", "acq_embedding", "acq_energy", "acq_force", "acq_joint",
-              "acq_joint_loss")
+              "acq_joint_loss", "acq_joint_current")
 KERNEL_OF = {"embedding": "embedding", "energy_ntk": "energy", "force_ntk": "force",
              "joint_ntk": "joint", "joint_ntk_greedy": "joint", "acq_embedding": "embedding",
              "acq_energy": "energy", "acq_force": "force", "acq_joint": "joint", "acq_joint_loss": "joint_loss"}
-# acq_*: the product pipeline itself, ntkal.acquire with its defaults, on the precomputed pool features
+# acq_*: the product pipeline itself, ntkal.acquire with its defaults, on the precomputed pool features;
+# acq_joint_current featurizes with each round's fine-tuned model instead, so it has no precomputed kernel
+PRODUCT_STRATEGIES = tuple(name for name in STRATEGIES if name.startswith("acq_"))
 ACQUIRE_KEYS = ("strategy", "strata", "calibrate", "noise_var", "scale", "intensive", "shortlist")
 
 
@@ -246,9 +248,43 @@ class AcquireStrategy:
         return seconds
 
 
+class CurrentModelStrategy:
+    """ntkal.acquire with the joint kernel of the round's fine-tuned model, as a user runs it: the model is
+    saved as a CHGNet checkpoint file and loaded with ``ntkal.torch.models.chgnet(checkpoint=...)``; the
+    training set and the candidates are featurized again every round (no store: the model changed), and
+    all of it is acquisition cost."""
+
+    def __init__(self, name, *, dim, force_rows, feature_seed, **acquire_kwargs):
+        self.name = name
+        self.dim, self.force_rows, self.feature_seed = dim, force_rows, feature_seed
+        self.kwargs = acquire_kwargs
+
+    def select(self, state: RoundState, n: int) -> np.ndarray:
+        import tempfile
+
+        import torch
+
+        import ntkal
+        from ntkal.torch import Featurizer, models
+
+        with tempfile.TemporaryDirectory(prefix="al-current-") as tmp:
+            path = f"{tmp}/round{state.round}.pth.tar"
+            torch.save({"model": state.model.as_dict()}, path)
+            featurizer = Featurizer(models.chgnet(checkpoint=path), kernel="joint", dim=self.dim,
+                                    seed=self.feature_seed, force_rows=self.force_rows)
+        train = [state.frames[i] for i in state.labelled]
+        pool = [state.frames[i] for i in state.candidates]
+        res = ntkal.acquire(featurizer, train, pool, n, seed=state.seed, progress=False, **self.kwargs)
+        return state.candidates[res.indices]
+
+
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
-         intensive=True, normalize=False, energy_weight=1.0, stratify=False, acquire=None):
-    """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds)."""
+         intensive=True, normalize=False, energy_weight=1.0, stratify=False, acquire=None,
+         feature=None):
+    """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds); ``acq_joint_current``
+    needs ``feature`` = {"dim", "force_rows", "feature_seed"} (the pretrained features' settings)."""
+    if name == "acq_joint_current":
+        return CurrentModelStrategy(name, **feature, **(acquire or {}))
     if name == "random":
         return RandomStrategy()
     if name == "max_force":
