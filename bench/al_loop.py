@@ -198,8 +198,10 @@ def featurise(args, kernels, frames, master, run_dir) -> dict:
         missing.remove("joint_loss")
     if missing:
         print(f"featurising {len(frames)} pool structures with pretrained CHGNet: {missing}", flush=True)
+        # one process of one thread, as every strategy's acquisition runs: the seconds are charged to the
+        # kernel strategies and compared with the committee's (featurized on 2 workers, they were about halved)
         cfg = F.FeatureConfig(dim=args.dim, force_rows=args.force_rows, energy_weight=args.energy_weight,
-                              seed=args.data_seed, workers=args.workers)
+                              seed=args.data_seed, workers=1)
         np.save(path("features_index.npy"), master)
         for kernel, (blocks, seconds) in F.compute(missing, frames, cfg).items():
             np.save(path(f"features_{kernel}_seconds.npy"), seconds)
