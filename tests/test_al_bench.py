@@ -207,3 +207,31 @@ def test_resume_reruns_a_label_whose_arguments_changed(tmp_path):
 def test_energy_weight_is_refused_for_kernels_without_an_energy_row():
     with pytest.raises(ValueError, match="energy_weight"):
         strategies.make("force_ntk", (None, 0.0), energy_weight=2.0)
+
+
+def test_current_model_strategy_with_unchanged_weights_picks_what_the_pretrained_pipeline_picks(ctx):
+    """acq_joint_current saves the round's model, loads it with models.chgnet(checkpoint=...) and featurizes
+    again; with the pretrained weights that must reproduce acq_joint on the pretrained features."""
+    from al import features as F
+
+    feature = dict(dim=64, force_rows=2, feature_seed=3)
+    cfg = F.FeatureConfig(dim=64, force_rows=2, seed=3)
+    joint = F.compute(["joint"], ctx.pool, cfg, verbose=False)["joint"][0]
+    pool_features = (F.PoolFeatures(joint, np.arange(len(ctx.pool)), len(ctx.pool)), 0.0)
+    state = strategies.RoundState(0, 0, np.array([1, 2, 4, 5]), np.array([0, 3]), M.pretrained(), ctx.graphs,
+                                  ctx.labels, M.FinetuneConfig(steps=1, batch_size=8), ctx.pool)
+    current = strategies.make("acq_joint_current", feature=feature).select(state, 2)
+    pretrained = strategies.make("acq_joint", pool_features).select(state, 2)
+    assert len(set(current.tolist())) == 2 and set(current.tolist()) <= {1, 2, 4, 5}
+    np.testing.assert_array_equal(current, pretrained)
+
+
+def test_variants_take_product_strategies_and_reach_the_pool_shift_study():
+    import al_loop
+
+    args = al_loop.parse_args(["--quick", "--shift-variant", "flat:acq_joint:strata=none,calibrate=on",
+                               "--variant", "cur:acq_joint_current:strata=none"])
+    assert args.shift_variants == [("flat", "acq_joint", {"acquire": {"strata": "none", "calibrate": "on"}})]
+    assert args.variants == [("cur", "acq_joint_current", {"acquire": {"strata": "none"}})]
+    with pytest.raises(SystemExit, match="unknown key"):
+        al_loop.parse_variant("x:acq_joint:stratify=true")
