@@ -170,6 +170,27 @@ def test_calibration_in_acquire_matches_hand_computation(featurizer):
         acquire(featurizer, train_plain, pool, 2, calibrate="on", progress=False)
 
 
+def test_calibration_without_strata_ranks_the_whole_pool_by_scaled_pv(featurizer):
+    """strata="none" + calibrate: the composition keys scale PV but do not split the batch (they did: the
+    picks equalled the stratified ones). Hand pipeline: global top-k of scale x PV, then LCMD."""
+    train_plain, pool = cells(12, 0, gold_every=2), cells(30, 1)
+    shift = np.where([composition_key(a) == "Cu" for a in train_plain], 0.02, 0.4)  # the model is wrong on Au-Cu
+    train = labelled(train_plain, featurizer, shift)
+    res = acquire(featurizer, train, pool, 4, calibrate="on", strata="none", shortlist=8, progress=False,
+                  noise_var=1e-2, chunk_size=7)
+    assert res.quotas == {"*": 4}
+    scaled = np.array([res.calibration.scale_of(composition_key(a)) for a in pool]) * res.pool_pv
+    short = np.lexsort((np.arange(30), -scaled))[:8]
+    picks, _ = ntkal.select(featurizer(pool).take(short), None, 4, method="lcmd", train_rows=featurizer(train_plain),
+                            seed=0)
+    np.testing.assert_array_equal(res.indices, short[picks])
+    gold = [i for i in range(30) if composition_key(pool[i]) == "Au-Cu"]
+    stratified = acquire(featurizer, train, pool, 4, calibrate="on", shortlist=8, progress=False, noise_var=1e-2)
+    assert stratified.quotas != res.quotas
+    # the stratified batch gets Au-Cu's share of the candidates; the calibrated one goes where the model is wrong
+    assert np.isin(res.indices, gold).sum() > stratified.quotas["Au-Cu"]
+
+
 def test_variance_reduction_in_acquire_uses_the_pool_as_target(featurizer):
     train, pool = cells(6, 0), cells(25, 1)
     res = acquire(featurizer, train, pool, 3, strategy="variance_reduction", shortlist=10, progress=False,

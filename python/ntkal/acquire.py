@@ -450,7 +450,8 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     pool_grams = TreeSum() if strategy == "variance_reduction" and target_src is None else None
 
     def pool_context(post):
-        return context(posterior=post, intensive=intensive, top=k, scales=scales, gram=pool_grams is not None)
+        return context(posterior=post, intensive=intensive, top=k, scales=scales, gram=pool_grams is not None,
+                       stratify=strata == "composition")
 
     starts = []
     if posterior is None:  # no training set: the prior, at the width of the first chunk
@@ -485,8 +486,10 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     for key in merged:
         available[key] = 0
     candidate = np.isfinite(pool_pv) & ~pool_is_train
+    # with strata="none" the composition keys (read for calibration) only scale the scores
+    stratum_of = pool_keys if strata == "composition" else ["*"] * n_pool
     for i in np.flatnonzero(candidate):
-        available[pool_keys[i]] = available.get(pool_keys[i], 0) + 1
+        available[stratum_of[i]] = available.get(stratum_of[i], 0) + 1
     total = sum(available.values())
     if total < n:
         raise InvalidArgumentError(f"{where}: n={n}, but only {total} pool structures are candidates after leaving out "

@@ -68,6 +68,7 @@ class ChunkContext:
     intensive: bool = False
     top: int = 0  # best candidates per stratum to return
     scales: dict | None = None  # calibration: score = scale[key] * PV
+    stratify: bool = True  # top per key; False: one group "*" (the keys then only pick the scales)
     one_thread: bool = False  # a worker process: 1 torch / engine thread
 
 
@@ -245,8 +246,9 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
                 score *= np.array([ctx.scales.get(k, ctx.scales.get("*", 1.0)) for k in task.keys])
             score[np.asarray(task.exclude, dtype=np.int64)] = np.nan
             out.top = {}
-            for key in sorted(set(task.keys)):
-                members = np.array([i for i, k in enumerate(task.keys) if k == key and np.isfinite(score[i])],
+            groups = task.keys if ctx.stratify else ["*"] * len(task.keys)
+            for key in sorted(set(groups)):
+                members = np.array([i for i, k in enumerate(groups) if k == key and np.isfinite(score[i])],
                                    dtype=np.int64)
                 if members.size:
                     out.top[key] = best_first(task.start + members, score[members], ctx.top)
