@@ -1,4 +1,5 @@
 """The ntkal command line (toy model for speed; one real-CHGNet demo marked slow)."""
+import argparse
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ require("ase")
 import ase.io  # noqa: E402
 
 import ntkal  # noqa: E402
+from ntkal import cli  # noqa: E402
 from ntkal.cli import main  # noqa: E402
 from ntkal.demo_data import demo_structures  # noqa: E402
 from ntkal.torch import Featurizer, models  # noqa: E402
@@ -73,6 +75,29 @@ def test_features_dump_matches_featurizer(files):
     np.testing.assert_array_equal(offsets, ref.offsets)
     np.testing.assert_allclose(rows, ref.rows, rtol=1e-6, atol=1e-6 * np.abs(ref.rows).max())
     assert offsets[-1] == 3 * sum(len(a) for a in pool)
+
+
+def test_loss_matched_rows_from_the_command_line(files, capsys):
+    from ntkal.feature_store import FeatureStore
+    from ntkal.torch import Loss
+
+    d, _, _ = files
+    code = main(["features", "--structures", str(d / "pool.extxyz"), "--kernel", "joint", "--force-rows", "3",
+                 "--loss", "2,10,per_atom,per_structure", "--out", str(d / "loss_feats")] + TOY)
+    assert code == 0
+    stored = FeatureStore(d / "loss_feats").read("structures")
+    structures = ase.io.read(d / "pool.extxyz", index=":")
+    ref = Featurizer(models.toy(), "joint", dim=32, force_rows=3, loss=Loss(2, 10, "per_atom", "per_structure"))(structures)
+    plain = Featurizer(models.toy(), "joint", dim=32, force_rows=3)(structures)
+    np.testing.assert_allclose(stored.rows, ref.rows, rtol=1e-6, atol=1e-6 * np.abs(ref.rows).max())
+    assert not np.allclose(stored.rows, plain.rows)
+    # the default terms are per_atom and per_component
+    assert cli._loss("1,4") == (1.0, 4.0, "per_atom", "per_component")
+    for bad in ("1", "1,x", "1,2,per_molecule", "1,2,total,per_atom", "1,2,3,4,5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected W_E,W_F"):
+            cli._loss(bad)
+    code = main(["features", "--structures", str(d / "pool.extxyz"), "--loss", "0,1", "--out", str(d / "bad")] + TOY)
+    assert code == 2 and "energy_weight must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_demo_runs_on_toy_model(tmp_path, capsys, monkeypatch):

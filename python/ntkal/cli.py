@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .options import CALIBRATE, KERNELS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
+from .options import CALIBRATE, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
 
 __all__ = ["main", "build_parser"]
 
@@ -49,6 +49,23 @@ def _force_rows(text: str):
         raise argparse.ArgumentTypeError(f"must be 'exact' or an integer k; got {text!r}") from None
 
 
+def _loss(text: str):
+    """'W_E,W_F[,ENERGY[,FORCES]]' -> the arguments of ntkal.torch.Loss (checked again by Loss)."""
+    parts = [p.strip() for p in text.split(",")]
+    usage = (f"expected W_E,W_F[,{'|'.join(LOSS_ENERGY_TERMS)}[,{'|'.join(LOSS_FORCE_TERMS)}]], e.g. 1,10,per_atom,"
+             f"per_component; got {text!r}")
+    if not 2 <= len(parts) <= 4:
+        raise argparse.ArgumentTypeError(usage)
+    try:
+        weights = [float(parts[0]), float(parts[1])]
+    except ValueError:
+        raise argparse.ArgumentTypeError(usage) from None
+    terms = parts[2:] + [LOSS_ENERGY_TERMS[0], LOSS_FORCE_TERMS[0]][len(parts) - 2:]
+    if terms[0] not in LOSS_ENERGY_TERMS or terms[1] not in LOSS_FORCE_TERMS:
+        raise argparse.ArgumentTypeError(usage)
+    return (*weights, *terms)
+
+
 def _params(text: str):
     return text if text in ("all", "readout") else [p for p in text.split(",") if p]
 
@@ -75,6 +92,10 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
                    help=f"'exact' (3N rows) or k random force combinations (default {rows_default})")
     g.add_argument("--energy-weight", type=float, default=1.0, help="weight of the energy row (default 1)")
     g.add_argument("--force-weight", type=float, default=1.0, help="weight of each force row (default 1)")
+    g.add_argument("--loss", type=_loss, default=None, metavar="W_E,W_F[,ENERGY[,FORCES]]",
+                   help="weight the rows as the fine-tuning loss W_E*MSE(energy) + W_F*MSE(forces) weights them; "
+                        f"ENERGY {' or '.join(LOSS_ENERGY_TERMS)} (default {LOSS_ENERGY_TERMS[0]}), FORCES "
+                        f"{' or '.join(LOSS_FORCE_TERMS)} (default {LOSS_FORCE_TERMS[0]}); see ntkal.torch.Loss")
     g.add_argument("--params", type=_params, default=None,
                    help="'all', 'readout' or comma-separated name patterns, e.g. 'mlp.*,readout_norm.*'")
     g.add_argument("--seed", type=int, default=0, help="seed of the sketch, force combinations and selection")
@@ -158,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _featurizer(args):
-    from .torch import Featurizer, models
+    from .torch import Featurizer, Loss, models
 
     if args.model.lower() not in models.names():
         raise InvalidArgumentError(f"--model must be one of {', '.join(models.names())}; got {args.model!r}")
@@ -183,7 +204,7 @@ def _featurizer(args):
     model = models.load(args.model, **kwargs)
     return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
                       energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,
-                      progress=False)
+                      loss=None if args.loss is None else Loss(*args.loss), progress=False)
 
 
 def _write_selection(path, pool, result, extra_info=None):
