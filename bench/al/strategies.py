@@ -234,14 +234,9 @@ class AcquireStrategy:
         self._featurizer = None
 
     def select(self, state: RoundState, n: int) -> np.ndarray:
-        import ntkal
-
         if self._featurizer is None:
             self._featurizer = LookupFeaturizer(self.name, self.features, state.frames)
-        train = [state.frames[i] for i in state.labelled]
-        pool = [state.frames[i] for i in state.candidates]
-        res = ntkal.acquire(self._featurizer, train, pool, n, seed=state.seed, progress=False, **self.kwargs)
-        return state.candidates[res.indices]
+        return _acquire_picks(self._featurizer, state, n, self.kwargs)
 
     def charge_once(self) -> float:
         seconds, self.pending_seconds = self.pending_seconds, 0.0
@@ -264,7 +259,6 @@ class CurrentModelStrategy:
 
         import torch
 
-        import ntkal
         from ntkal.torch import Featurizer, models
 
         with tempfile.TemporaryDirectory(prefix="al-current-") as tmp:
@@ -272,10 +266,17 @@ class CurrentModelStrategy:
             torch.save({"model": state.model.as_dict()}, path)
             featurizer = Featurizer(models.chgnet(checkpoint=path), kernel="joint", dim=self.dim,
                                     seed=self.feature_seed, force_rows=self.force_rows)
-        train = [state.frames[i] for i in state.labelled]
-        pool = [state.frames[i] for i in state.candidates]
-        res = ntkal.acquire(featurizer, train, pool, n, seed=state.seed, progress=False, **self.kwargs)
-        return state.candidates[res.indices]
+        return _acquire_picks(featurizer, state, n, self.kwargs)
+
+
+def _acquire_picks(featurizer, state: RoundState, n: int, kwargs: dict) -> np.ndarray:
+    """ntkal.acquire on the candidates, with the labelled structures (labels attached) as training set."""
+    import ntkal
+
+    train = [state.frames[i] for i in state.labelled]
+    pool = [state.frames[i] for i in state.candidates]
+    res = ntkal.acquire(featurizer, train, pool, n, seed=state.seed, progress=False, **kwargs)
+    return state.candidates[res.indices]
 
 
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
