@@ -145,11 +145,19 @@ def test_joint_rows_order_and_weights(toy, methanol):
 def test_k_force_rows_are_random_combinations(toy, methanol):
     k = 5
     exact = Featurizer(toy, "force", dim=8, force_rows="exact").jacobian(methanol)
-    J = Featurizer(toy, "joint", dim=8, force_rows=k, seed=7).jacobian(methanol)
+    J = Featurizer(toy, "joint", dim=8, force_rows=k, seed=7, force_method="autograd").jacobian(methanol)
     U = force_combinations(methanol, k, 7)
     assert U.shape == (k, 3 * len(methanol))
     assert np.all(np.abs(np.abs(U) * np.sqrt(k) - 1) < 1e-12)
     np.testing.assert_allclose(J[1:], U @ exact, rtol=1e-10, atol=1e-12)
+    # the default estimator: forward differences of energy gradients along each row of U (O(h) error)
+    D = Featurizer(toy, "joint", dim=8, force_rows=k, seed=7).jacobian(methanol)
+    np.testing.assert_array_equal(D[0], J[0])
+    err = np.linalg.norm(D[1:] - U @ exact, axis=1) / np.linalg.norm(U @ exact, axis=1)
+    assert err.max() < 1e-2, err
+    finer = Featurizer(toy, "joint", dim=8, force_rows=k, seed=7, difference_step=3e-5).jacobian(methanol)
+    finer_err = np.linalg.norm(finer[1:] - U @ exact, axis=1) / np.linalg.norm(U @ exact, axis=1)
+    assert np.all(finer_err < err / 5), (finer_err, err)  # first order: 10x smaller step, ~10x smaller error
     # U follows (seed, atomic numbers): moved atoms keep it; another seed or composition changes it
     moved = methanol.copy()
     moved.rattle(0.1, seed=9)

@@ -22,6 +22,7 @@ LOSS_ENERGY_TERMS = ("per_atom", "total")  # ntkal.torch.Loss: energy residual p
 LOSS_FORCE_TERMS = ("per_component", "per_structure")  # ntkal.torch.Loss: force residuals summed or per-structure mean  # ntkal.acquire: output scale of the posterior from labelled residuals
 ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
+FORCE_METHODS = ("difference", "autograd")  # ntkal.torch.Featurizer: how force rows are computed
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
 KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
 KERNELS_WITHOUT_FORCE_ROWS = ("energy", "embedding")
@@ -46,5 +47,5 @@ def name(engine_value, choices: tuple) -> str:
     return next(k for k, v in _CODES[choices].items() if v == engine_value)
 
 
-__all__ = ["DISTANCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
+__all__ = ["DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
            "CALIBRATE", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 
 from ..blocks import Blocks
-from ..options import KERNELS, KERNELS_WITH_ENERGY_ROW, KERNELS_WITHOUT_FORCE_ROWS, SKETCH_KINDS, choice
+from ..options import FORCE_METHODS, KERNELS, KERNELS_WITH_ENERGY_ROW, KERNELS_WITHOUT_FORCE_ROWS, SKETCH_KINDS, choice
 from ..progress import bar as progress_bar
 from ..sketch import Sketch
 from ..errors import InvalidArgumentError
+from .batch_rows import BatchedRows, plan_batches
 from .functional import FunctionalModel
 from .jacobian import RowSpec, chunk_plan, iter_row_batches
 from .loss import Loss
@@ -43,6 +44,15 @@ class Featurizer:
         +-1 combinations (see :func:`ntkal.torch.jacobian.force_combinations`; U depends on (seed,
         atomic numbers)). None (default): k = 4, the setting of the active-learning study
         (bench/RESULTS.md), for kernels with force rows.
+    force_method : {"difference", "autograd"} or None
+        How force rows are computed (:mod:`ntkal.torch.jacobian`): ``"difference"``, forward differences
+        of energy gradients along each row's direction (one energy-gradient pass per row, shared by a
+        whole batch of structures); ``"autograd"``, exact mixed second derivatives (one reverse pass
+        per row over a create-graph backward, one structure at a time). None (default): "difference"
+        for k rows, "autograd" for ``force_rows="exact"``.
+    difference_step : float
+        Step h in Angstrom per unit of a row's direction for ``force_method="difference"`` (default
+        3e-4: float32 rounding grows as 1/h, the truncation error as h; bench/RESULTS.md §2).
     energy_weight, force_weight : float
         Multipliers of the energy row and of each force row.
     params : "all", "readout" or list of str, optional
@@ -59,6 +69,14 @@ class Featurizer:
         components) or sqrt(w_F / 3N) (a per-structure mean), so the posterior is the uncertainty of the
         linearised model under the loss it is fine-tuned with. Applied on top of ``energy_weight`` and
         ``force_weight``. None: unit weights.
+    batch_budget : int or None
+        Rows of the model's batched graph (atoms + edges + angles ...; :class:`BatchedEnergy.size`) per pass
+        for models that evaluate many structures at once (the model adapters). Activation memory grows
+        with it (CHGNet: about 4 kB per row, so the CPU default 32,000 is ~130 MB; bench/RESULTS.md §2).
+        None: 32,000 on a CPU, 1,000,000 on a GPU.
+    batch_size : int or None
+        Most structures per pass (also bounds the (B, P) gradient buffers: 2 B P numbers). None: 32 on a
+        CPU, 512 on a GPU.
     threads : int or None
         torch intra-op threads while computing rows in this process (default 1: the rows are
         many small reverse passes, for which extra threads cost more in synchronisation than
@@ -73,7 +91,8 @@ class Featurizer:
                  sketch: str = "sparse_sign", seed: int = 0, force_rows=None,
                  energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
                  chunk_size: int = 65536, row_batch: int = 8, threads: int | None = 1,
-                 loss=None, progress: bool = False):
+                 loss=None, progress: bool = False, force_method: str | None = None,
+                 difference_step: float = 3e-4, batch_budget: int | None = None, batch_size: int | None = None):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
             raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
@@ -93,7 +112,14 @@ class Featurizer:
             if kernel in KERNELS_WITHOUT_FORCE_ROWS:
                 raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
                               "(it has no force rows); use kernel='force' or 'joint'")
-        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
+        for name, value in (("batch_budget", batch_budget), ("batch_size", batch_size)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
+                raise InvalidArgumentError(f"{where}: {name} must be None or an integer >= 1; got {value!r}")
+        if force_method is None:
+            force_method = "autograd" if force_rows == "exact" else "difference"
+        choice(force_method, FORCE_METHODS, where, "force_method")
+        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight),
+                            ("difference_step", difference_step)):
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
                 raise InvalidArgumentError(f"{where}: {name} must be a finite number > 0; got {value!r}")
         if loss is not None and not isinstance(loss, Loss):
@@ -127,10 +153,16 @@ class Featurizer:
         self._dim = int(dim)
         self._sketch = None
         self._plan = None
+        self.force_method = force_method
+        self.difference_step = float(difference_step)
+        self.batch_budget = None if batch_budget is None else int(batch_budget)
+        self.batch_size = None if batch_size is None else int(batch_size)
         self.rowspec = None if kernel == "embedding" else RowSpec(
             energy=kernel in KERNELS_WITH_ENERGY_ROW,
-            force=None if kernel == "energy" else self.force_rows,
-            energy_weight=self.energy_weight, force_weight=self.force_weight, seed=self.seed)
+            force=None if kernel in KERNELS_WITHOUT_FORCE_ROWS else self.force_rows,
+            energy_weight=self.energy_weight, force_weight=self.force_weight, seed=self.seed,
+            method=self.force_method, step=self.difference_step)
+        self._batch_rows = None
 
     def __getstate__(self) -> dict:
         """Pickled for worker processes without the sketch (a C++ object, rebuilt there from its seed:
@@ -138,6 +170,7 @@ class Featurizer:
         state = dict(self.__dict__)
         state["_sketch"] = None
         state["_plan"] = None
+        state["_batch_rows"] = None
         return state
 
     # ---- layout -----------------------------------------------------------------------
@@ -173,7 +206,10 @@ class Featurizer:
                 "dim": self._dim, "sketch": self.sketch_kind, "seed": self.seed, "nnz": self.nnz,
                 "force_rows": self.force_rows, "energy_weight": self.energy_weight,
                 "force_weight": self.force_weight, "dtype": str(self.model.dtype),
-                **({"loss": self.loss.config()} if self.loss is not None else {})}
+                **({"loss": self.loss.config()} if self.loss is not None else {}),
+                **({"force_method": "difference", "difference_step": self.difference_step}
+                   if self.rowspec is not None and self.rowspec.force is not None
+                   and self.force_method == "difference" else {})}
 
     def fingerprint(self) -> str:
         """Hex digest of :meth:`config`."""
@@ -208,6 +244,8 @@ class Featurizer:
         if self.kernel == "embedding":
             return self._embedding_row(atoms)
         with self._threads():
+            if self._batched() is not None:
+                return self._loss_weighted(self._batched_jacobian(atoms), len(atoms))
             return self._loss_weighted(self._jacobian(atoms), len(atoms))
 
     def _jacobian(self, atoms) -> np.ndarray:
@@ -218,6 +256,26 @@ class Featurizer:
             for t, g in enumerate(grads):
                 if g is not None:
                     out[first:first + g.shape[0], cols[t]:cols[t + 1]] = g.reshape(g.shape[0], -1).cpu().numpy()
+        return out
+
+    def _batched(self):
+        """The batched row source when the model evaluates many structures at once and the rows allow it."""
+        if self.rowspec is None or self.model.batched is None:
+            return None
+        if self.rowspec.force is not None and self.force_method != "difference":
+            return None  # exact mixed derivatives: one structure at a time
+        if self._batch_rows is None:
+            self._batch_rows = BatchedRows(self.model, self.rowspec)
+        return self._batch_rows
+
+    def _batched_jacobian(self, atoms) -> np.ndarray:
+        source = self._batched()
+        out = np.zeros((self.n_rows(atoms), self.n_params), dtype=torch.empty((), dtype=self.model.dtype).numpy().dtype)
+        cols = self.model.column_offsets()
+        for row, grads, _ in source.rows([atoms], source.graphs([atoms])):
+            for t, name in enumerate(self.model.names):
+                if name in grads:
+                    out[row, cols[t]:cols[t + 1]] = grads[name][0].reshape(-1).cpu().numpy()
         return out
 
     def features(self, atoms):
@@ -231,6 +289,8 @@ class Featurizer:
         with self._threads():
             if self.kernel == "embedding":
                 return self._embedding_row(atoms).astype(np.float32)
+            if self._batched() is not None:
+                return self._batched_features([atoms], self._batched().graphs([atoms]))[0]
             return self._loss_weighted(self._features(atoms), len(atoms))
 
     def _loss_weighted(self, rows, n_atoms: int):
@@ -276,6 +336,33 @@ class Featurizer:
                 _project_pieces(sketch, flat, col0, pieces, target)
         return out
 
+    def _batched_features(self, structures, graphs) -> list:
+        """Sketched, loss-weighted blocks of a batch of structures from 1 + k passes over one batched graph."""
+        sketch = self.sketch
+        if self._plan is None:
+            self._plan = chunk_plan(self.model.sizes, self.chunk_size)
+        n = len(structures)
+        blocks = [self._zeros((self.n_rows(a), self._dim)) for a in structures]
+        target = self._zeros((n, self._dim))
+        for row, grads, present in self._batched().rows(structures, graphs):
+            target[:] = 0
+            flat = [grads[name].reshape(n, -1) if name in grads else None for name in self.model.names]
+            for col0, pieces in self._plan:
+                _project_pieces(sketch, flat, col0, pieces, target)
+            for s in np.flatnonzero(present):
+                blocks[s][row] = target[s]
+        return [self._loss_weighted(b, len(a)) for b, a in zip(blocks, structures)]
+
+    def _zeros(self, shape):
+        if self._keeps_device():
+            return torch.zeros(shape, dtype=torch.float32, device=self.model.device)
+        return np.zeros(shape, dtype=np.float32)
+
+    def _batch_limits(self) -> tuple[int, int]:
+        gpu = self.model.device.type != "cpu"
+        budget = self.batch_budget or (1_000_000 if gpu else 32_000)
+        return budget, self.batch_size or (512 if gpu else 32)
+
     def _embedding_row(self, atoms) -> np.ndarray:
         emb = self.model.embedding(atoms)
         row = emb.mean(dim=0, keepdim=True).detach().cpu().numpy()
@@ -306,9 +393,18 @@ class Featurizer:
         show = self.progress if progress is None else progress
         bar = progress_bar(len(structures), show, desc)
         blocks = []
-        for atoms in structures:
-            blocks.append(self.features(atoms))
-            bar.update(1)
+        source = self._batched() if self.kernel != "embedding" else None
+        if source is None:
+            for atoms in structures:
+                blocks.append(self.features(atoms))
+                bar.update(1)
+        else:
+            budget, most = self._batch_limits()
+            with self._threads():
+                graphs = source.graphs(structures)
+                for group in plan_batches([self.model.batched.size(g) for g in graphs], budget, most):
+                    blocks.extend(self._batched_features([structures[i] for i in group], [graphs[i] for i in group]))
+                    bar.update(len(group))
         bar.close()
         return Blocks.from_list(blocks)
 

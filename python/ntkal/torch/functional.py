@@ -72,6 +72,10 @@ class FunctionalModel:
     check_fn : callable, optional
         ``check_fn(atoms, where, arg)`` raising ``InvalidArgumentError`` for structures the model
         cannot handle (called by :meth:`check`, before any featurisation).
+    batched : ntkal.torch.batched.BatchedEnergy, optional
+        How to evaluate many structures in one pass (the model adapters provide it); the featurizer
+        then computes per-structure rows for a batch of structures at once. Without it, structures
+        are featurized one at a time through ``energy_fn``.
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class FunctionalModel:
         name: str = "functional",
         embedding_dim: int | None = None,
         check_fn: Callable | None = None,
+        batched=None,
     ) -> None:
         if not callable(energy_fn):
             raise InvalidArgumentError(f"FunctionalModel: energy_fn must be callable; got {type(energy_fn).__name__}")
@@ -108,6 +113,7 @@ class FunctionalModel:
         self.name = str(name)
         self.embedding_dim = None if embedding_dim is None else int(embedding_dim)
         self.check_fn = check_fn
+        self.batched = batched
         first = next(iter(self.params.values()))
         self.dtype = first.dtype
         self.device = first.device
@@ -171,7 +177,7 @@ class FunctionalModel:
         frozen = {**self.frozen, **{k: v for k, v in self.params.items() if k not in chosen}}
         sub = FunctionalModel(self.energy_fn, chosen, frozen=frozen, embedding_fn=self.embedding_fn,
                               readout=self.readout, supported_numbers=self.supported_numbers, name=self.name,
-                              embedding_dim=self.embedding_dim, check_fn=self.check_fn)
+                              embedding_dim=self.embedding_dim, check_fn=self.check_fn, batched=self.batched)
         return sub
 
     # ---- evaluation -------------------------------------------------------------------

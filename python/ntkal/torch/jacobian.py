@@ -4,11 +4,20 @@ Every route works on one structure and yields its Jacobian rows in *row batches*
 per-parameter gradient tensors of shape (b, *param.shape) (``None`` where a parameter does not
 affect the row). One reverse pass produces one row over all P parameters, so a batch holds
 b x P numbers; b is capped by a memory budget (``row_batch``), never the whole structure.
+(Many structures at once: :mod:`ntkal.torch.batched`.)
 
 Row order inside a structure's block: the energy row first (if any), then the force rows —
 exact: 3N rows atom-major (atom 0 x, y, z, atom 1 x, y, z, ...); k-row route: k rows
 ``U J_F`` with U in {+-1}^{k x 3N} / sqrt(k) (see :func:`force_combinations`).
-Forces are F = -dE/dR, so force rows are dF/dtheta = -d2E/dR dtheta.
+Forces are F = -dE/dR, so force rows are dF/dtheta = -d2E/dR dtheta, computed one of two ways
+(``RowSpec.method``):
+
+* ``"autograd"``: mixed second derivatives, one reverse pass per row over the retained graph of
+  the force (a create-graph backward): exact, and several times the cost of an energy gradient;
+* ``"difference"``: forward differences of energy gradients along the row's direction,
+  ``-(dE/dtheta(R + h u) - dE/dtheta(R)) / h`` with u the row of U (:func:`force_difference_rows`):
+  one energy-gradient pass per row, the same passes a batch of structures shares
+  (:mod:`ntkal.torch.batched`), with an O(h) truncation error plus float rounding / h.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import torch
 
 from .functional import FunctionalModel
 
-__all__ = ["RowSpec", "force_combinations", "iter_row_batches", "chunk_plan"]
+__all__ = ["RowSpec", "force_combinations", "iter_row_batches", "chunk_plan", "displaced"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +48,10 @@ class RowSpec:
         Multipliers of the energy row and of every force row.
     seed : int
         Seed of the k-row combinations (mixed with the structure digest).
+    method : {"autograd", "difference"}
+        How force rows are computed (see the module docstring).
+    step : float
+        Step h (Angstrom per unit of the row's direction) of the ``"difference"`` method.
     """
 
     energy: bool
@@ -46,6 +59,14 @@ class RowSpec:
     energy_weight: float = 1.0
     force_weight: float = 1.0
     seed: int = 0
+    method: str = "autograd"
+    step: float = 3e-4
+
+    def directions(self, atoms) -> np.ndarray:
+        """(n_force_rows, 3N) float64: the direction of each force row (unit rows for ``"exact"``)."""
+        if self.force == "exact":
+            return np.eye(3 * len(atoms))
+        return force_combinations(atoms, int(self.force), self.seed)
 
     def n_rows(self, n_atoms: int) -> int:
         """Rows in the block of a structure with ``n_atoms`` atoms."""
@@ -124,6 +145,9 @@ def iter_row_batches(model: FunctionalModel, atoms, spec: RowSpec, *, row_batch:
     grads : list of (Tensor (b, *shape) or None)
         One entry per differentiated parameter, in ``model.names`` order, weights applied.
     """
+    if spec.force is not None and spec.method == "difference":
+        yield from _difference_row_batches(model, atoms, spec, row_batch)
+        return
     need_force = spec.force is not None
     params = {k: v.detach().requires_grad_(True) for k, v in model.params.items()}
     inputs = tuple(params.values())
@@ -164,3 +188,44 @@ def iter_row_batches(model: FunctionalModel, atoms, spec: RowSpec, *, row_batch:
                 yield first, _stack(pending)
                 first += len(pending)
                 pending = []
+
+
+def displaced(positions: np.ndarray, direction: np.ndarray, step: float) -> np.ndarray:
+    """(N, 3) float64 positions moved by ``step`` along a 3N ``direction`` (atom-major)."""
+    return np.asarray(positions, dtype=np.float64) + step * np.asarray(direction, dtype=np.float64).reshape(-1, 3)
+
+
+def _energy_gradient(model: FunctionalModel, atoms, inputs: dict, positions: np.ndarray) -> tuple:
+    pos = torch.as_tensor(positions, dtype=model.dtype, device=model.device)
+    with torch.enable_grad():
+        energy = model.energy(atoms, inputs, pos)
+        grads = torch.autograd.grad(energy, tuple(inputs.values()), allow_unused=True)
+    return tuple(None if g is None else g.detach() for g in grads)
+
+
+def _difference_row_batches(model: FunctionalModel, atoms, spec: RowSpec, row_batch: int):
+    """Rows of one structure with force rows by forward differences of energy gradients."""
+    inputs = {k: v.detach().requires_grad_(True) for k, v in model.params.items()}
+    r0 = np.asarray(atoms.get_positions(), dtype=np.float64)
+    base = _energy_gradient(model, atoms, inputs, r0)
+    rows = [tuple(None if g is None else g * spec.energy_weight for g in base)] if spec.energy else []
+    scale = -spec.force_weight / spec.step
+    pending, first = rows, 0
+    for u in spec.directions(atoms):
+        moved = _energy_gradient(model, atoms, inputs, displaced(r0, u, spec.step))
+        pending.append(tuple(_scaled_difference(a, b, scale) for a, b in zip(moved, base)))
+        if len(pending) == row_batch:
+            yield first, _stack(pending)
+            first += len(pending)
+            pending = []
+    if pending:
+        yield first, _stack(pending)
+
+
+def _scaled_difference(moved, base, scale: float):
+    """scale * (moved - base), None where neither pass touched the parameter."""
+    if moved is None and base is None:
+        return None
+    if moved is None:
+        return -scale * base
+    return scale * (moved if base is None else moved - base)

@@ -14,6 +14,7 @@ import torch
 
 from ...errors import InvalidArgumentError
 from ..cells import periodic_cell
+from ..batched import BatchedEnergy
 from ..functional import FunctionalModel
 
 __all__ = ["CHGNET_READOUT", "chgnet"]
@@ -154,7 +155,84 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
                 f"{where}: {arg} has {len(lonely)} atom(s) with no neighbour within CHGNet's {cutoff:g} A cutoff "
                 f"(atom {k}, {atoms[k].symbol}): CHGNet cannot place them in its graph")
 
+    batched = BatchedEnergy(net, build_graph, lambda graphs, positions: _batch_energies(net, graphs, positions),
+                            _row_kinds(net), _graph_size)
     model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=CHGNET_READOUT,
-                            check_fn=placeable,
+                            check_fn=placeable, batched=batched,
                             supported_numbers=range(1, 95), name=name, embedding_dim=int(net.atom_fea_dim))
     return model.select(params)
+
+
+def _row_kinds(net) -> list:
+    """The row each parameter-owning CHGNet module maps (see ``_batch_energies`` for the kinds)."""
+    return [("atom_embedding.*", "atoms"), ("bond_basis_expansion.*", "bonds"), ("bond_embedding", "bonds"),
+            ("bond_weights_*", "bonds"), ("angle_basis_expansion.*", "angles"), ("angle_embedding", "angles"),
+            ("atom_conv_layers.*.twoBody_atom.*", "edges"), ("atom_conv_layers.*.mlp_out.*", "atoms"),
+            ("bond_conv_layers.*.twoBody_bond.*", "angles"), ("bond_conv_layers.*.mlp_out.*", "bonds"),
+            ("angle_layers.*", "angles"), ("site_wise", "atoms"), ("readout_norm", "atoms"),
+            ("mlp.*", "atoms" if net.mlp_first else "structures")]
+
+
+def _graph_size(graph) -> int:
+    """Rows a CHGNet graph adds to a batch: atoms, directed edges, undirected bonds and angles."""
+    return (int(graph.atomic_number.shape[0]) + int(graph.atom_graph.reshape(-1, 2).shape[0])
+            + int(graph.undirected2directed.shape[0]) + int(graph.bond_graph.reshape(len(graph.bond_graph), -1).shape[0]))
+
+
+def _offsets(counts: list) -> list:
+    out = [0]
+    for c in counts:
+        out.append(out[-1] + int(c))
+    return out
+
+
+def _batch_energies(net, graphs: list, positions: list):
+    """Total energies of many CHGNet graphs at the given Cartesian positions, in one pass.
+
+    CHGNet's own ``BatchedGraph.from_graphs`` expands the bond and angle bases graph by graph; here every
+    graph's bonds and angles are expanded in one call each, and Cartesian positions enter directly (no
+    round trip through fractional coordinates). Row kinds: ``atoms``; ``edges`` (directed atom-graph
+    edges); ``bonds`` (undirected bonds, the rows of the bond bases); ``angles`` (bond-graph entries).
+    """
+    from chgnet.model.model import BatchedGraph
+
+    device = positions[0].device
+    n_atoms = [g.atomic_number.shape[0] for g in graphs]
+    edges = [g.atom_graph.reshape(-1, 2) for g in graphs]
+    n_bonds = [g.undirected2directed.shape[0] for g in graphs]
+    atom0, edge0, bond0 = _offsets(n_atoms), _offsets([e.shape[0] for e in edges]), _offsets(n_bonds)
+    index = lambda ts: torch.cat(ts).to(device)  # noqa: E731
+    structure_of = lambda counts: torch.repeat_interleave(  # noqa: E731
+        torch.arange(len(graphs), device=device), torch.as_tensor(counts, device=device))
+    cart = torch.cat(positions)
+    atom_graph = index([e + atom0[i] for i, e in enumerate(edges)])
+    lattices = torch.stack([g.lattice for g in graphs]).to(device=device, dtype=cart.dtype)
+    images = index([g.neighbor_image.reshape(-1, 3) for g in graphs]).to(cart.dtype)
+    shift = torch.einsum("ei,eij->ej", images, lattices[structure_of([e.shape[0] for e in edges])])
+    vectors = cart[atom_graph[:, 0]] - (cart[atom_graph[:, 1]] + shift)
+    lengths = torch.norm(vectors, dim=1)
+    vectors = vectors / lengths[:, None]
+    bond_lengths = lengths[index([g.undirected2directed + edge0[i] for i, g in enumerate(graphs)])]
+    expansion = net.bond_basis_expansion
+    bases_ag, bases_bg = expansion.rbf_expansion_ag(bond_lengths), expansion.rbf_expansion_bg(bond_lengths)
+    with_angles = [(i, g.bond_graph) for i, g in enumerate(graphs) if len(g.bond_graph) != 0]
+    if with_angles:
+        bond_graph = index([b + torch.as_tensor([atom0[i], bond0[i], edge0[i], bond0[i], edge0[i]], dtype=b.dtype)
+                            for i, b in with_angles])
+        angle_bases = net.angle_basis_expansion(vectors[bond_graph[:, 2]], vectors[bond_graph[:, 4]])
+        bond_graph = bond_graph[:, [0, 1, 3]]
+    else:
+        angle_bases, bond_graph = torch.tensor([], device=device), torch.tensor([], device=device)
+    atom_owners = structure_of(n_atoms)
+    batch = BatchedGraph(
+        atomic_numbers=index([g.atomic_number for g in graphs]), bond_bases_ag=bases_ag, bond_bases_bg=bases_bg,
+        angle_bases=angle_bases, batched_atom_graph=atom_graph, batched_bond_graph=bond_graph,
+        atom_owners=atom_owners.to(torch.int32), directed2undirected=index(
+            [g.directed2undirected + bond0[i] for i, g in enumerate(graphs)]),
+        atom_positions=positions, strains=[None] * len(graphs), volumes=None)
+    prediction = net._compute(batch)
+    per_atom = prediction["e"] + (0 if net.composition_model is None else net.composition_model(graphs))
+    energies = per_atom * torch.as_tensor(n_atoms, dtype=per_atom.dtype, device=device)
+    owners = {"atoms": atom_owners, "edges": atom_owners[atom_graph[:, 0]], "bonds": structure_of(n_bonds),
+              "angles": atom_owners[bond_graph[:, 0]] if with_angles else atom_owners[:0]}
+    return energies, owners

@@ -1,0 +1,117 @@
+"""Jacobian rows of a batch of structures from a constant number of passes over one batched graph.
+
+One pass of :func:`ntkal.torch.batched.per_structure_gradients` gives every structure's energy
+gradient dE/dtheta. A block's rows are built from such passes:
+
+* the energy row: the pass at the structures' own positions (weighted by ``energy_weight``);
+* force row j of every structure: one more pass with each structure moved by ``step`` along its own
+  direction u_j (a row of U), and ``-force_weight (dE/dtheta(R + h u_j) - dE/dtheta(R)) / h``.
+
+So a batch costs 1 + k passes for k force rows, whatever its number of structures. Parameters the
+batched pass cannot split (:attr:`GradientPlan.fallback`) get their columns from the per-structure
+loop (:func:`ntkal.torch.jacobian.iter_row_batches`), with the same estimator.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from .batched import GradientPlan, per_structure_gradients
+from .functional import FunctionalModel
+from .jacobian import RowSpec, displaced, iter_row_batches
+
+__all__ = ["BatchedRows", "plan_batches"]
+
+
+def plan_batches(sizes, budget: int, max_structures: int) -> list[list[int]]:
+    """Consecutive groups of structure indices: at most ``max_structures`` per group and at most ``budget``
+    rows in all (a structure larger than the budget forms a group of its own)."""
+    groups, current, used = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and (used + size > budget or len(current) == max_structures):
+            groups.append(current)
+            current, used = [], 0
+        current.append(i)
+        used += int(size)
+    if current:
+        groups.append(current)
+    return groups
+
+
+class BatchedRows:
+    """Per-structure Jacobian rows of a model with a :class:`ntkal.torch.batched.BatchedEnergy`.
+
+    Parameters
+    ----------
+    model : FunctionalModel
+        ``model.batched`` is set.
+    spec : RowSpec
+        Force rows must use ``method="difference"`` (mixed second derivatives are not split per structure).
+    """
+
+    def __init__(self, model: FunctionalModel, spec: RowSpec):
+        if model.batched is None:
+            raise ValueError("BatchedRows: the model has no batched evaluation")
+        self.model, self.spec = model, spec
+        self.plan = GradientPlan.build(model.batched, model.names)
+        self.loop_model = model.select(list(self.plan.fallback)) if self.plan.fallback else None
+
+    def graphs(self, structures) -> list:
+        """The positions-independent graph of each structure."""
+        return [self.model.batched.graph(a) for a in structures]
+
+    def rows(self, structures, graphs) -> Iterator[tuple[int, dict, np.ndarray]]:
+        """Yield ``(row, grads, present)`` for each row position of the batch's blocks.
+
+        ``grads`` maps parameter names to (B, *shape) tensors (row ``row`` of every structure's block;
+        absent names are zero); ``present`` (B,) bool marks the structures whose block has that row.
+        """
+        spec, b = self.spec, self.model.batched
+        layouts: dict = {}
+        r0 = [np.asarray(a.get_positions(), dtype=np.float64) for a in structures]
+        _, base = per_structure_gradients(b, self.plan, graphs, self._tensors(r0), layouts)
+        looped = self._looped(structures)
+        n = len(structures)
+        row = 0
+        if spec.energy:
+            yield 0, self._with_looped({k: g * spec.energy_weight for k, g in base.items()}, looped, 0), np.ones(n, bool)
+            row = 1
+        if spec.force is None:
+            return
+        directions = [spec.directions(a) for a in structures]
+        scale = -spec.force_weight / spec.step
+        for j in range(max(len(d) for d in directions)):
+            present = np.array([j < len(d) for d in directions])
+            moved = [displaced(r0[s], directions[s][j], spec.step) if present[s] else r0[s] for s in range(n)]
+            _, grads = per_structure_gradients(b, self.plan, graphs, self._tensors(moved), layouts)
+            diff = {k: scale * (grads[k] - base[k]) if k in base else scale * grads[k] for k in grads}
+            diff.update({k: -scale * g for k, g in base.items() if k not in grads})
+            yield row + j, self._with_looped(diff, looped, row + j), present
+
+    def _tensors(self, positions: list) -> list:
+        return [torch.as_tensor(p, dtype=self.model.dtype, device=self.model.device) for p in positions]
+
+    def _looped(self, structures) -> dict:
+        """Rows of the fallback parameters, structure by structure: name -> (B, max rows, *shape)."""
+        if self.loop_model is None:
+            return {}
+        spec = self.spec
+        m = max(spec.n_rows(len(a)) for a in structures)
+        out = {k: torch.zeros((len(structures), m) + tuple(v.shape), dtype=v.dtype, device=v.device)
+               for k, v in self.loop_model.params.items()}
+        names = self.loop_model.names
+        for s, atoms in enumerate(structures):
+            for first, grads in iter_row_batches(self.loop_model, atoms, spec, row_batch=8):
+                for name, g in zip(names, grads):
+                    if g is not None:
+                        out[name][s, first:first + g.shape[0]] = g
+        return out
+
+    @staticmethod
+    def _with_looped(grads: dict, looped: dict, row: int) -> dict:
+        for name, rows in looped.items():
+            if row < rows.shape[1]:
+                grads[name] = rows[:, row]
+        return grads

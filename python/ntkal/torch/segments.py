@@ -1,0 +1,193 @@
+"""Per-structure parameter gradients of one row-wise module call over a batched graph.
+
+In a batch of structures every row of a module's input (an atom, an edge, an angle, a structure)
+belongs to one structure, and a row-wise module maps row i of its input to row i of its output. With
+``delta`` the gradient of the summed per-structure energies with respect to the module's output
+(one backward pass gives it for every call), the gradient of structure s's energy with respect to the
+module's parameters is the sum over s's rows of each row's contribution — a *segment sum* of
+per-row gradients (the per-sample-gradient technique, with segments of rows instead of a batch
+dimension). Rules:
+
+* ``nn.Linear``: W gets sum_i delta_i x_i^T, one batched matrix product over structures whose rows
+  are padded to the longest segment; the bias gets sum_i delta_i.
+* ``nn.LayerNorm``: weight gets sum_i delta_i * xhat_i, bias sum_i delta_i (xhat: the normalised input).
+* ``nn.Embedding``: row idx_i of the weight gets delta_i, scattered per structure.
+* any other module (e3nn linears, radial networks, basis functions): ``torch.func.vmap`` of the gradient
+  of <delta_s, module(x_s)> over the padded segments, and — where vmap cannot run the module — a loop
+  over structures through that one module.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["SegmentLayout", "segment_gradients"]
+
+
+@dataclass
+class SegmentLayout:
+    """Rows grouped by owner: ``index`` (n, L) row numbers of each structure's rows, padded by repeating a
+    valid row; ``mask`` (n, L) True on real rows. L is the longest segment (>= 1)."""
+
+    owners: torch.Tensor
+    n: int
+    index: torch.Tensor
+    mask: torch.Tensor
+
+    @classmethod
+    def of(cls, owners: torch.Tensor, n: int) -> "SegmentLayout":
+        owners = owners.to(torch.long)
+        counts = torch.bincount(owners, minlength=n)[:n]
+        order = torch.argsort(owners, stable=True)
+        longest = max(int(counts.max()) if counts.numel() else 0, 1)
+        starts = torch.cumsum(counts, 0) - counts
+        step = torch.arange(longest, device=owners.device)
+        mask = step[None, :] < counts[:, None]
+        within = torch.minimum(step[None, :], (counts[:, None] - 1).clamp(min=0))
+        position = (starts[:, None] + within).clamp(max=max(owners.numel() - 1, 0))
+        index = order[position] if owners.numel() else torch.zeros_like(position)
+        return cls(owners, int(n), index, mask)
+
+    def pad(self, rows: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
+        """(R, ...) -> (n, L, ...); ``zero`` puts zeros on the padding (else a repeated real row)."""
+        out = rows[self.index]
+        if zero:
+            out = out * self.mask.reshape(self.mask.shape + (1,) * (rows.dim() - 1)).to(out.dtype)
+        return out
+
+    def segment_sum(self, rows: torch.Tensor) -> torch.Tensor:
+        """(R, ...) -> (n, ...): the sum of each structure's rows."""
+        out = torch.zeros((self.n,) + tuple(rows.shape[1:]), dtype=rows.dtype, device=rows.device)
+        return out.index_add_(0, self.owners, rows)
+
+
+def _linear(module, names, args, kwargs, delta, layout):
+    x = args[0]
+    rows = x.shape[0]
+    x3 = x.reshape(rows, -1, x.shape[-1])
+    d3 = delta.reshape(rows, -1, delta.shape[-1])
+    X = layout.pad(x3).reshape(layout.n, -1, x.shape[-1])
+    D = layout.pad(d3, zero=True).reshape(layout.n, -1, delta.shape[-1])
+    out = {}
+    if "weight" in names:
+        out["weight"] = torch.bmm(D.transpose(1, 2), X)
+    if "bias" in names:
+        out["bias"] = D.sum(dim=1)
+    return out
+
+
+def _layer_norm(module, names, args, kwargs, delta, layout):
+    x = args[0]
+    shape = tuple(module.normalized_shape)
+    flat = (x.shape[0], -1) + shape
+    out = {}
+    if "weight" in names:
+        xhat = F.layer_norm(x, shape, eps=module.eps)
+        out["weight"] = layout.segment_sum((delta * xhat).reshape(flat).sum(dim=1))
+    if "bias" in names:
+        out["bias"] = layout.segment_sum(delta.reshape(flat).sum(dim=1))
+    return out
+
+
+def _embedding(module, names, args, kwargs, delta, layout):
+    idx = args[0].reshape(-1).to(torch.long)
+    per_row = idx.numel() // max(layout.owners.numel(), 1)
+    owners = layout.owners.repeat_interleave(per_row)
+    table = torch.zeros((layout.n * module.num_embeddings, module.embedding_dim), dtype=delta.dtype,
+                        device=delta.device)
+    table.index_add_(0, owners * module.num_embeddings + idx, delta.reshape(-1, module.embedding_dim))
+    return {"weight": table.reshape(layout.n, module.num_embeddings, module.embedding_dim)}
+
+
+def _plain_embedding(module) -> bool:
+    return module.max_norm is None and not module.sparse and module.scale_grad_by_freq is False
+
+
+_RULES = {torch.nn.Linear: _linear, torch.nn.LayerNorm: _layer_norm, torch.nn.Embedding: _embedding}
+
+
+def _row_arguments(args, kwargs, rows):
+    """Positions of the tensor arguments that carry one entry per row (batched over segments)."""
+    pos = [i for i, a in enumerate(args) if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == rows]
+    keys = [k for k, a in kwargs.items() if torch.is_tensor(a) and a.dim() > 0 and a.shape[0] == rows]
+    return pos, keys
+
+
+def _call(module, params, args, kwargs, pos, keys, row_values):
+    args = list(args)
+    kwargs = dict(kwargs)
+    for i, v in zip(pos, row_values[:len(pos)]):
+        args[i] = v
+    for k, v in zip(keys, row_values[len(pos):]):
+        kwargs[k] = v
+    return torch.func.functional_call(module, params, tuple(args), kwargs)
+
+
+def _vmapped(module, names, args, kwargs, delta, layout):
+    rows = delta.shape[0]
+    pos, keys = _row_arguments(args, kwargs, rows)
+    values = [layout.pad(args[i]) for i in pos] + [layout.pad(kwargs[k]) for k in keys]
+    params = {k: getattr(module, k).detach() for k in names}
+
+    def contribution(p, row_values, d):
+        return (_call(module, p, args, kwargs, pos, keys, row_values) * d).sum()
+
+    grad = torch.func.vmap(torch.func.grad(contribution), in_dims=(None, 0, 0))
+    return grad(params, values, layout.pad(delta, zero=True))
+
+
+def _looped(module, names, args, kwargs, delta, layout):
+    rows = delta.shape[0]
+    pos, keys = _row_arguments(args, kwargs, rows)
+    params = {k: getattr(module, k).detach().requires_grad_(True) for k in names}
+    out = {k: torch.zeros((layout.n,) + tuple(v.shape), dtype=v.dtype, device=v.device) for k, v in params.items()}
+    for s in range(layout.n):
+        mine = torch.nonzero(layout.owners == s).reshape(-1)
+        if mine.numel() == 0:
+            continue
+        values = [args[i][mine] for i in pos] + [kwargs[k][mine] for k in keys]
+        with torch.enable_grad():
+            y = _call(module, params, args, kwargs, pos, keys, values)
+            grads = torch.autograd.grad((y * delta[mine]).sum(), list(params.values()), allow_unused=True)
+        for k, g in zip(params, grads):
+            if g is not None:
+                out[k][s] = g
+    return out
+
+
+_NO_VMAP: set = set()  # module types vmap failed on: go straight to the loop
+
+
+def segment_gradients(module: torch.nn.Module, names, args: tuple, kwargs: dict, delta: torch.Tensor,
+                      layout: SegmentLayout) -> dict:
+    """Per-structure gradients of one call of a row-wise ``module``.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Owns the parameters ``names`` directly.
+    names : sequence of str
+        Parameter attributes of ``module`` to differentiate.
+    args, kwargs
+        The call's inputs (detached); tensors with one entry per row carry the rows.
+    delta : Tensor (R, ...)
+        Gradient of the summed per-structure energies with respect to the call's output.
+    layout : SegmentLayout
+        Owner of each of the R rows.
+
+    Returns
+    -------
+    dict of str -> Tensor (n, *param.shape)
+    """
+    rule = _RULES.get(type(module))
+    if rule is not None and (rule is not _embedding or _plain_embedding(module)):
+        return rule(module, names, args, kwargs, delta, layout)
+    kind = type(module)
+    if kind not in _NO_VMAP:
+        try:
+            return _vmapped(module, names, args, kwargs, delta, layout)
+        except (RuntimeError, NotImplementedError, TypeError, ValueError):  # an op vmap cannot batch
+            _NO_VMAP.add(kind)
+    return _looped(module, names, args, kwargs, delta, layout)
