@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...errors import InvalidArgumentError
+from ..batched import BatchedEnergy
 from ..functional import FunctionalModel
 
 __all__ = ["SEVENNET_READOUT", "SEVENNET_SHIPPED", "sevennet"]
@@ -26,6 +27,9 @@ SEVENNET_SHIPPED = {
     "7net-l3i5": "pretrained_potentials/SevenNet_l3i5/checkpoint_l3i5.pth",
     "7net-mf-0": "pretrained_potentials/SevenNet_MF_0/checkpoint_sevennet_mf_0.pth",
 }
+# Rows of the parameter-owning modules in a batch: the radial basis and the convolutions' radial networks
+# act on edges, every other module (e3nn linears, self-connections, readout) on atoms.
+SEVENNET_ROW_KINDS = (("edge_embedding.*", "edges"), ("*_convolution.weight_nn.*", "edges"), ("*", "atoms"))
 # Readout: the two linear maps from node features to atomic energies (and the species rescale).
 SEVENNET_READOUT = ("reduce_input_to_hidden.*", "reduce_hidden_to_energy.*", "rescale_atomic_energy.*")
 
@@ -165,6 +169,62 @@ def sevennet(name: str = "7net-0", *, checkpoint: str | None = None, modal: str 
     trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
     frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
     frozen.update(dict(net.named_buffers()))
+    graph = _GraphBuilder(cutoff)
+    batched = BatchedEnergy(net, graph, lambda graphs, positions: _batch_energies(net, graphs, positions, modal),
+                            SEVENNET_ROW_KINDS, _graph_size)
     model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=SEVENNET_READOUT,
-                            supported_numbers=type_map.keys(), name=label)
+                            supported_numbers=type_map.keys(), name=label, batched=batched)
     return model.select(params)
+
+
+class _GraphBuilder:
+    """One structure's neighbour list with cell shifts (sevenn's builder); picklable for worker processes."""
+
+    def __init__(self, cutoff: float):
+        self.cutoff = float(cutoff)
+
+    def __call__(self, atoms):
+        from sevenn.train.dataload import unlabeled_atoms_to_graph
+
+        return unlabeled_atoms_to_graph(atoms, self.cutoff, with_shift=True)
+
+
+def _graph_size(graph) -> int:
+    """Rows a structure adds to a batch: atoms and directed edges."""
+    import sevenn._keys as KEY
+
+    return int(len(graph[KEY.ATOMIC_NUMBERS])) + int(graph[KEY.EDGE_IDX].shape[1])
+
+
+def _batch_energies(net, graphs: list, positions: list, modal):
+    """Total energies of many structures in one pass of SevenNet in its batch mode.
+
+    Row kinds: ``atoms`` and ``edges`` (directed, as sevenn's neighbour list gives them).
+    """
+    import sevenn._keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+
+    device, dtype = positions[0].device, positions[0].dtype
+    n_atoms = [len(g[KEY.ATOMIC_NUMBERS]) for g in graphs]
+    first = np.concatenate([[0], np.cumsum(n_atoms)[:-1]]).astype(np.int64)
+    edges = torch.as_tensor(np.concatenate([g[KEY.EDGE_IDX] + f for g, f in zip(graphs, first)], axis=1),
+                            dtype=torch.long, device=device)
+    batch = torch.repeat_interleave(torch.arange(len(graphs), device=device), torch.as_tensor(n_atoms, device=device))
+    cells = torch.as_tensor(np.stack([np.asarray(g[KEY.CELL], dtype=np.float64).reshape(3, 3) for g in graphs]),
+                            dtype=dtype, device=device)
+    shifts = torch.as_tensor(np.concatenate([g[KEY.CELL_SHIFT] for g in graphs]), dtype=dtype, device=device)
+    pos = torch.cat(positions)
+    src, dst = edges[0], edges[1]
+    numbers = torch.as_tensor(np.concatenate([g[KEY.ATOMIC_NUMBERS] for g in graphs]), dtype=torch.long, device=device)
+    data = AtomGraphData(x=numbers.clone(), edge_index=edges, pos=pos, **{
+        KEY.ATOMIC_NUMBERS: numbers, KEY.BATCH: batch,
+        KEY.EDGE_VEC: pos[dst] - pos[src] + torch.einsum("ni,nij->nj", shifts, cells[batch[src]]),
+        KEY.NUM_ATOMS: torch.as_tensor(n_atoms, device=device)})
+    if modal is not None:
+        data[KEY.DATA_MODALITY] = [modal] * len(graphs)
+    net.set_is_batch_data(True)
+    try:
+        out = net(data)
+    finally:
+        net.set_is_batch_data(False)
+    return out[KEY.PRED_TOTAL_ENERGY].reshape(-1), {"atoms": batch, "edges": batch[src]}
