@@ -1,4 +1,5 @@
 """The zarr feature store: all-or-nothing chunks, damaged chunks never used, one featurizer per store."""
+import json
 import os
 import threading
 
@@ -9,7 +10,7 @@ from _require import require
 require("zarr")
 
 import ntkal  # noqa: E402
-from ntkal.feature_store import FeatureStore  # noqa: E402
+from ntkal.feature_store import FeatureStore, FeatureStoreError  # noqa: E402
 
 FP = "f" * 32
 
@@ -29,7 +30,8 @@ def test_round_trip_take_read_and_dask(tmp_path):
     a, b = blocks(0), blocks(1, sizes=(1, 4))
     st.save("pool", 0, 4, "d0", a)
     st.save("pool", 4, 6, "d1", b, skipped=[(1, "bad")])
-    assert st.chunks("pool") == [(0, 4), (4, 6)] and st.labels() == ["pool"]
+    st.record_label("pool", [(4, 6, "d1"), (0, 4, "d0")])
+    assert st.chunks("pool") == [(0, 4), (4, 6)] and st.labels() == ["pool"] and st.extent("pool") == 6
     np.testing.assert_array_equal(st.load("pool", 0, 4, "d0").rows, a.rows)
     assert st.meta("pool", 4, 6)["skipped"] == [[1, "bad"]]
     whole = ntkal.Blocks.concatenate([a, b])
@@ -135,4 +137,52 @@ def test_stale_chunks_over_the_same_structures_are_replaced(tmp_path):
     st.save("train", 4, 6, "tail", blocks(1, sizes=(1, 1)))
     st.save("train", 0, 6, "new", blocks(2, sizes=(1, 1, 1, 1, 1, 1)))
     assert st.chunks("train") == [(0, 6)]
+    st.record_label("train", [(0, 6, "new")])
     np.testing.assert_array_equal(st.read("train").rows, blocks(2, sizes=(1, 1, 1, 1, 1, 1)).rows)
+
+
+def edit_attributes(store, label, start, stop, **changes):
+    path = store.path / label / f"c{start:09d}-{stop:09d}" / "zarr.json"
+    meta = json.loads(path.read_text())
+    meta["attributes"].update(changes)
+    path.write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit", [{"skipped": [[2, "edited"]]}, {"structures": "d9"}, {"n_rows": 7}])
+def test_a_chunk_with_edited_attributes_fails_its_checks(tmp_path, edit):
+    """The attributes are checksummed like the data: an edited skipped list, digest or shape is damage."""
+    st = FeatureStore(tmp_path, FP)
+    st.save("pool", 0, 4, "d0", blocks(0))
+    assert st.meta("pool", 0, 4)["skipped"] == []
+    edit_attributes(st, "pool", 0, 4, **edit)
+    with pytest.raises(FeatureStoreError, match=r"FeatureStore.meta: path .*'pool' structures 0\.\.4: the chunk fails "
+                       r"a check: its attributes \(zarr.json\) fail their crc32"):
+        st.meta("pool", 0, 4)
+    st.record_label("pool", [(0, 4, "d0")])
+    with pytest.raises(FeatureStoreError, match="attributes .* fail their crc32"):
+        st.read("pool")
+    assert st.chunks("pool") == [(0, 4)]  # a reader never moves a chunk
+    assert st.load("pool", 0, 4, "d0") is None  # the writer's path: moved aside, to be recomputed
+    assert st.chunks("pool") == []
+
+
+def test_a_label_is_read_through_its_record(tmp_path):
+    st = FeatureStore(tmp_path, FP)
+    for a in range(0, 12, 4):
+        st.save("pool", a, a + 4, f"d{a}", blocks(a))
+    with pytest.raises(FeatureStoreError, match="'pool' has no record of its extent \\(3 chunks found\\): the run "
+                       "writing it has not finished"):
+        st.read("pool")
+    with pytest.raises(FeatureStoreError, match="holds no 'train' features"):
+        st.read("train")
+    with pytest.raises(ntkal.InvalidArgumentError, match="must partition its structures from 0; got 8..12 after 4"):
+        st.record_label("pool", [(0, 4, "d0"), (8, 12, "d8")])
+    st.record_label("pool", [(a, a + 4, f"d{a}") for a in range(0, 12, 4)])
+    assert st.extent("pool") == 12 and len(st.read("pool")) == 12
+    np.testing.assert_array_equal(st.take("pool", [11, 0]).rows, st.read("pool").take([11, 0]).rows)
+    with pytest.raises(ntkal.InvalidArgumentError, match="indices must be one or more of 'pool'"):
+        st.take("pool", [12])
+    record = st.path / "pool" / "zarr.json"
+    record.write_text(record.read_text().replace('"n_structures": 12', '"n_structures": 8'))
+    with pytest.raises(FeatureStoreError, match="the record of 'pool' \\(pool/zarr.json\\) fails its check"):
+        st.read("pool")
