@@ -131,6 +131,7 @@ def child_make_store(path: str, n: int, rows_per: int, dim: int, chunk: int) -> 
         rng = np.random.default_rng([7, start])
         rows = rng.standard_normal((m * rows_per, dim), dtype=np.float32)
         store.save("pool", start, start + m, "synthetic", ntkal.Blocks(rows, offsets[:m + 1]))
+    store.record_label("pool", [(a, min(a + chunk, n), "synthetic") for a in range(0, n, chunk)])  # complete
     return {"seconds": time.perf_counter() - t0, "peak_rss_mb": _peak_mb()}
 
 

@@ -380,6 +380,9 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                                        else f"left out in an earlier run: {reason}")
                 bar.update(res.stop - res.start)
                 yield res
+            # every chunk finished: the label's record, through which readers of the store read it
+            store.record_label(label, [(a, min(a + chunk_size, len(src)), digest) for a, digest in
+                                       zip(range(0, len(src), chunk_size), digests[label])])
         finally:
             bar.close()
 

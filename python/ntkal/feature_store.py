@@ -3,16 +3,28 @@
 Layout under the store directory::
 
     zarr.json                          root group: format version, featurizer fingerprint and config
+    <label>/zarr.json                  the label's record, written when its last chunk is finished: its number
+                                       of structures and the range and structures digest of every chunk
     <label>/c000000000-000000064/      one zarr group per finished feature chunk (structures start..stop)
         rows/                          float32 (n_rows, dim), one zarr chunk, crc32c-checked
         offsets/                       int64 (n + 1,)
-        zarr.json                      attributes: structure digest, n_rows, dim, skipped
+        zarr.json                      attributes: structure digest, n_rows, dim, skipped, and the crc32 of
+                                       every other file of the chunk and of these attributes
 
 A chunk is written under a temporary name and renamed into place when complete, so it either
 exists whole or not at all: a killed worker or client leaves no half chunk that counts, and two
-screens writing the same chunk at once both end with one complete copy. Reads verify the digest
-of the structures the chunk was computed from, the shapes, and the crc32c of every zarr chunk; a
-chunk that fails any check is moved aside and recomputed, never used.
+screens writing the same chunk at once both end with one complete copy (see ntkal/_store_chunk.py
+for the checks).
+
+Two kinds of reading. The writers (``acquire``, ``compute_features``: :meth:`FeatureStore.load`) hold
+the structures: a chunk that fails any check is moved aside and recomputed, never used. The readers
+(:meth:`~FeatureStore.read`, :meth:`~FeatureStore.iter_blocks`, :meth:`~FeatureStore.take`,
+:meth:`~FeatureStore.to_dask`, ``store_scoring.shortlist_store``) cannot recompute: they read a label
+through its record only, and a gap, a chunk of other structures or a failed check raises
+:class:`FeatureStoreError` naming the label, the structures and the check. Readers never change the
+store (it may be read-only, or being written by another screen). A label written by an ntkal without
+records, or by a run that has not finished, has no record: readers refuse it, and the writers
+recompute its chunks, whose attributes carry no checksum.
 """
 from __future__ import annotations
 
@@ -21,30 +33,29 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
 from ._device import to_numpy
+from ._store_chunk import (ChunkDamaged, OtherStructures, add_checksums, checked_chunk, checked_header,
+                           crc32c_codecs, json_crc, zarr_module)
 from .blocks import Blocks
 from .errors import InvalidArgumentError
 
-__all__ = ["FeatureStore", "chunk_digest", "STORE_FORMAT"]
+__all__ = ["FeatureStore", "FeatureStoreError", "chunk_digest", "STORE_FORMAT"]
 
 STORE_FORMAT = 1
 
-
-def _zarr():
-    try:
-        import zarr
-    except ImportError as exc:  # pragma: no cover - zarr is a core dependency
-        raise ImportError("ntkal's feature store needs zarr>=3 (pip install 'zarr>=3')") from exc
-    return zarr
+_REMEDY = ("recompute them with the writer that made this store (compute_features or acquire, with this store "
+           "and the same structures): it keeps every good chunk and recomputes only the others")
 
 
-def _crc32c():
-    from zarr.codecs import Crc32cCodec
+class FeatureStoreError(InvalidArgumentError):
+    """A stored label cannot be read whole: a gap, a chunk of other structures, or a failed check.
 
-    return [Crc32cCodec()]  # a checksum on every zarr chunk: a flipped or cut byte fails the read
+    The message names the store, the label, the structures concerned and what failed, and how to
+    recompute them. A ``ValueError`` (an :class:`ntkal.InvalidArgumentError`)."""
 
 
 def chunk_digest(structures) -> str:
@@ -156,36 +167,48 @@ class FeatureStore:
 
     def load(self, label: str, start: int, stop: int, digest: str | None = None) -> Blocks | None:
         """The chunk's blocks, or None when it is missing, was computed from other structures (digest),
-        or fails a check (it is then moved aside, to be recomputed)."""
+        or fails a check (it is then moved aside, to be recomputed). For the writers, which can
+        recompute; readers use :meth:`read_chunk`."""
+        found = self.load_chunk(label, start, stop, digest)
+        return None if found is None else found[0]
+
+    def load_chunk(self, label: str, start: int, stop: int, digest: str | None = None) -> tuple[Blocks, dict] | None:
+        """As :meth:`load`, with the chunk's checked attributes: ``(blocks, attributes)`` or None."""
         path = self.path / label / _chunk_name(start, stop)
         if not (path / "zarr.json").is_file():
             return None
         try:
-            zarr = _zarr()
-            group = zarr.open_group(str(path), mode="r")
-            attrs = dict(group.attrs)
-            if digest is not None and attrs.get("structures") != digest:
-                return None  # other structures under the same range: not ours, not damaged
-            _verify_checksums(path, attrs.get("files_crc32"))
-            rows = np.asarray(group["rows"][...])
-            offsets = np.asarray(group["offsets"][...])
-            n_rows, dim = int(attrs["n_rows"]), int(attrs["dim"])
-            if (rows.dtype != np.float32 or rows.shape != (n_rows, dim) or offsets.shape != (stop - start + 1,)
-                    or offsets[0] != 0 or offsets[-1] != n_rows or np.any(np.diff(offsets) < 0)
-                    or not np.all(np.isfinite(rows))):
-                raise ValueError("shape, offsets or values do not match the chunk's record")
-            return Blocks(rows, offsets)
-        except Exception:  # noqa: BLE001 - any failure to read back means: damaged, recompute
+            return checked_chunk(path, start, stop, digest)
+        except OtherStructures:
+            return None  # other structures under the same range: not ours, not damaged
+        except ChunkDamaged:
             self._discard(path)
             return None
 
+    def read_chunk(self, label: str, start: int, stop: int, digest: str | None = None, *,
+                   method: str = "read_chunk") -> tuple[Blocks, dict]:
+        """``(blocks, attributes)`` of one chunk after every check; a missing chunk, one of other
+        structures (``digest``) or a failed check raises :class:`FeatureStoreError`. Never changes the store."""
+        path = self.path / label / _chunk_name(start, stop)
+        if not (path / "zarr.json").is_file():
+            self._fail(method, label, [(start, stop)], "missing (the chunk was removed, moved aside as damaged, or "
+                       "replaced by a run over other structures)")
+        try:
+            return checked_chunk(path, start, stop, digest)
+        except OtherStructures:
+            self._fail(method, label, [(start, stop)], "the chunk holds features of other structures than the "
+                       "label's record (a later run over other structures has not finished)")
+        except ChunkDamaged as exc:
+            self._fail(method, label, [(start, stop)], f"the chunk fails a check: {exc}")
+
     def meta(self, label: str, start: int, stop: int) -> dict:
-        """The chunk's recorded attributes (structures digest, n_rows, dim, skipped)."""
-        return dict(_zarr().open_group(str(self.path / label / _chunk_name(start, stop)), mode="r").attrs)
+        """The chunk's recorded attributes (structures digest, n_rows, dim, skipped), checked as in
+        :meth:`read_chunk`."""
+        return self.read_chunk(label, start, stop, method="meta")[1]
 
     def save(self, label: str, start: int, stop: int, digest: str, blocks: Blocks, *, skipped=None) -> None:
         """Write the chunk under a temporary name, then rename it into place (all or nothing)."""
-        zarr = _zarr()
+        zarr = zarr_module()
         rows = np.ascontiguousarray(to_numpy(blocks.rows), dtype=np.float32)  # device rows come to the host
         offsets = np.ascontiguousarray(to_numpy(blocks.offsets), dtype=np.int64)
         parent = self.path / label
@@ -195,14 +218,14 @@ class FeatureStore:
             parent.mkdir(parents=True, exist_ok=True)
             group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
             r = group.create_array("rows", shape=rows.shape, dtype="float32",
-                                   chunks=(max(1, rows.shape[0]), max(1, rows.shape[1])), compressors=_crc32c())
+                                   chunks=(max(1, rows.shape[0]), max(1, rows.shape[1])), compressors=crc32c_codecs())
             r[...] = rows
             o = group.create_array("offsets", shape=offsets.shape, dtype="int64", chunks=offsets.shape,
-                                   compressors=_crc32c())
+                                   compressors=crc32c_codecs())
             o[...] = offsets
             group.attrs.update({"structures": digest, "n_rows": int(rows.shape[0]), "dim": int(rows.shape[1]),
                                 "start": int(start), "stop": int(stop), "skipped": list(skipped or [])})
-            _add_checksums(tmp)
+            add_checksums(tmp)
             try:
                 os.rename(tmp, final)
             except OSError:
@@ -229,83 +252,156 @@ class FeatureStore:
             return
         shutil.rmtree(aside, ignore_errors=True)
 
+    # ---- a label's record ----------------------------------------------------------------
+    def record_label(self, label: str, chunks) -> None:
+        """Record that ``label`` is complete: ``chunks``, ``[(start, stop, structures digest)]``, partition its
+        structures 0..n. The writers call it when the last chunk of a label is finished; readers read a
+        label through this record only."""
+        chunks = sorted((int(a), int(b), str(d)) for a, b, d in chunks)
+        n = 0
+        for a, b, _ in chunks:
+            if a != n or b <= a:
+                raise InvalidArgumentError(f"{self.where}: the chunks of {label!r} must partition its structures "
+                                           f"from 0; got {a}..{b} after {n}")
+            n = b
+        record = {"n_structures": n, "chunks": [list(c) for c in chunks]}
+        meta = {"zarr_format": 3, "node_type": "group",
+                "attributes": {"ntkal_label": record, "ntkal_label_crc32": json_crc(record)}}
+        tmp = self.path / label / f".zarr.json.tmp-{uuid.uuid4().hex}"
+        try:
+            tmp.write_text(json.dumps(meta))
+            os.replace(tmp, self.path / label / "zarr.json")  # whole or not at all; two equal writers agree
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r}: cannot record {label!r}: "
+                                       f"{exc}") from exc
+
+    def extent(self, label: str) -> int:
+        """Number of structures of ``label``, as recorded when it was complete."""
+        return self.recorded_chunks(label, check_present=False, method="extent")[-1][1]
+
+    def recorded_chunks(self, label: str, *, check_present: bool = True, method: str = "recorded_chunks") -> list:
+        """``[(start, stop, digest)]`` of ``label`` as recorded when it was complete; with ``check_present``
+        every chunk is checked to exist (a gap raises :class:`FeatureStoreError` before any data is read)."""
+        where = self._where(method)
+        path = self.path / label / "zarr.json"
+        if not path.is_file():
+            if not (self.path / label).is_dir():
+                raise FeatureStoreError(f"{where}: {self.arg} {str(self.path)!r} holds no {label!r} features "
+                                        f"(labels: {self.labels()})")
+            raise FeatureStoreError(
+                f"{where}: {self.arg} {str(self.path)!r}: {label!r} has no record of its extent ("
+                f"{len(self.chunks(label))} chunks found): the run writing it has not finished, or an ntkal that "
+                "kept no such records wrote it; finish it by running the writer that made this store again "
+                "(compute_features or acquire, with this store and the same structures)")
+        try:
+            attrs = json.loads(path.read_text())["attributes"]
+            record = attrs["ntkal_label"]
+            if json_crc(record) != attrs["ntkal_label_crc32"]:
+                raise ValueError("crc32 mismatch")
+            chunks = [(int(a), int(b), str(d)) for a, b, d in record["chunks"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FeatureStoreError(f"{where}: {self.arg} {str(self.path)!r}: the record of {label!r} "
+                                    f"({label}/zarr.json) fails its check ({exc}); {_REMEDY}") from exc
+        if check_present:
+            gaps = [(a, b) for a, b, _ in chunks if not (self.path / label / _chunk_name(a, b) / "zarr.json").is_file()]
+            if gaps:
+                self._fail(method, label, gaps, "missing (removed, moved aside as damaged, or replaced by a run over "
+                           "other structures)")
+        return chunks
+
+    def _where(self, method: str) -> str:
+        return f"FeatureStore.{method}" if self.where == "FeatureStore" else self.where
+
+    def _fail(self, method: str, label: str, ranges: list, problem: str) -> NoReturn:
+        ranges = _merged(ranges)
+        shown = ", ".join(f"{a}..{b}" for a, b in ranges[:10]) + (", ..." if len(ranges) > 10 else "")
+        raise FeatureStoreError(f"{self._where(method)}: {self.arg} {str(self.path)!r}: {label!r} structures {shown}: "
+                                f"{problem}; {_REMEDY}")
+
     # ---- reading a whole label ------------------------------------------------------------
     def iter_blocks(self, label: str):
-        """``(start, Blocks)`` of every complete chunk of ``label``, in order, one chunk in memory at a time."""
-        for start, stop in self.chunks(label):
-            blocks = self.load(label, start, stop)
-            if blocks is None:
-                raise InvalidArgumentError(f"{self.where}: {label} chunk {start}..{stop} of {str(self.path)!r} "
-                                           "failed its checks and was discarded; rerun to recompute it")
-            yield start, blocks
+        """``(start, Blocks)`` of every chunk of ``label``, in order, one chunk in memory at a time.
+        A gap or a failed check raises :class:`FeatureStoreError` (gaps before the first chunk is read)."""
+        return self._checked_blocks(label, "iter_blocks")
+
+    def read(self, label: str) -> Blocks:
+        """All blocks of ``label`` (for stores that fit in memory; see :meth:`iter_blocks`), checked as there."""
+        return Blocks.concatenate([b for _, b in self._checked_blocks(label, "read")])
+
+    def _checked_blocks(self, label: str, method: str):
+        chunks = self.recorded_chunks(label, method=method)
+        dim = None
+        for a, b, digest in chunks:
+            blocks, _ = self.read_chunk(label, a, b, digest, method=method)
+            if dim is not None and blocks.dim != dim:
+                self._fail(method, label, [(a, b)], f"the chunk has width {blocks.dim}, the label {dim}")
+            dim = blocks.dim
+            yield a, blocks
 
     def take(self, label: str, indices) -> Blocks:
         """Blocks of the structures ``indices`` of ``label`` (in that order), reading only the chunks
         that hold them."""
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
-        ranges = self.chunks(label)
-        starts = np.array([a for a, _ in ranges], dtype=np.int64)
-        parts = {}
-        for pos in np.unique(np.searchsorted(starts, indices, side="right") - 1):
-            if pos < 0:
-                raise InvalidArgumentError(f"{self.where}: {label} structures {indices.tolist()[:5]} are not in the store")
-            a, b = ranges[pos]
-            blocks = self.load(label, a, b)
-            if blocks is None:
-                raise InvalidArgumentError(f"{self.where}: {label} chunk {a}..{b} failed its checks; rerun to recompute it")
-            parts[a] = (b, blocks)
-        out = []
-        for i in indices:
-            a = int(starts[np.searchsorted(starts, i, side="right") - 1])
-            b, blocks = parts[a]
-            if i >= b:
-                raise InvalidArgumentError(f"{self.where}: {label} structure {int(i)} is not in the store")
-            out.append(blocks[int(i - a)])
-        return Blocks.from_list(out)
-
-    def read(self, label: str) -> Blocks:
-        """All blocks of ``label`` (for stores that fit in memory; see :meth:`iter_blocks`)."""
-        parts = [b for _, b in self.iter_blocks(label)]
-        if not parts:
-            raise InvalidArgumentError(f"{self.where}: {str(self.path)!r} holds no {label!r} features")
-        return Blocks.concatenate(parts)
+        chunks = self.recorded_chunks(label, check_present=False, method="take")
+        n = chunks[-1][1]
+        if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
+            raise InvalidArgumentError(f"{self._where('take')}: indices must be one or more of {label!r}'s "
+                                       f"structures 0..{n - 1}; got {indices.tolist()[:5]}")
+        starts = np.array([a for a, _, _ in chunks], dtype=np.int64)
+        pos = np.searchsorted(starts, indices, side="right") - 1
+        parts = {int(p): self.read_chunk(label, *chunks[p], method="take")[0] for p in np.unique(pos)}
+        return Blocks.from_list([parts[int(p)][int(i - starts[p])] for i, p in zip(indices, pos)])
 
     def to_dask(self, label: str):
         """``(rows, offsets)``: the rows of ``label`` as a lazy dask array (one dask chunk per feature
-        chunk) and the global offsets (read now: 8 bytes per structure)."""
+        chunk) and the global offsets (read now: 8 bytes per structure).
+
+        Checked now, without reading rows: the label's record, every chunk present with checksummed
+        attributes of the recorded structures, every file it lists present, its offsets. Each chunk's rows
+        are checked (the crc32 of every file, shapes, finite values) when dask reads them, so a
+        computation over the array never sees an unchecked row; a failure raises :class:`FeatureStoreError`."""
+        import dask
         import dask.array as da
 
-        zarr = _zarr()
-        rows, offsets, base = [], [np.zeros(1, np.int64)], 0
-        for start, stop in self.chunks(label):
-            group = zarr.open_group(str(self.path / label / _chunk_name(start, stop)), mode="r")
-            rows.append(da.from_zarr(group["rows"]))
-            off = np.asarray(group["offsets"][...])
+        chunks = self.recorded_chunks(label, method="to_dask")
+        rows, offsets, base, dim = [], [np.zeros(1, np.int64)], 0, None
+        for a, b, digest in chunks:
+            try:
+                attrs, off = checked_header(self.path / label / _chunk_name(a, b), a, b, digest)
+            except OtherStructures:
+                self._fail("to_dask", label, [(a, b)], "the chunk holds features of other structures than the "
+                           "label's record (a later run over other structures has not finished)")
+            except ChunkDamaged as exc:
+                self._fail("to_dask", label, [(a, b)], f"the chunk fails a check: {exc}")
+            if dim is not None and int(attrs["dim"]) != dim:
+                self._fail("to_dask", label, [(a, b)], f"the chunk has width {attrs['dim']}, the label {dim}")
+            dim = int(attrs["dim"])
+            shape = (int(attrs["n_rows"]), dim)
+            part = dask.delayed(_checked_rows, pure=True)(str(self.path), self.where, self.arg, label, a, b, digest,
+                                                          shape)
+            rows.append(da.from_delayed(part, shape=shape, dtype=np.float32))
             offsets.append(off[1:] + base)
-            base += int(off[-1])
-        if not rows:
-            raise InvalidArgumentError(f"{self.where}: {str(self.path)!r} holds no {label!r} features")
+            base += shape[0]
         return da.concatenate(rows, axis=0), np.concatenate(offsets)
 
 
-def _add_checksums(path: Path) -> None:
-    """crc32 of every file of the chunk, recorded in the chunk's zarr.json attributes: zarr reads a
-    missing data file as fill values, so presence and content of each file are checked on load."""
-    import zlib
-
-    sums = {str(f.relative_to(path)): zlib.crc32(f.read_bytes())
-            for f in sorted(path.rglob("*")) if f.is_file() and f != path / "zarr.json"}
-    meta_path = path / "zarr.json"
-    meta = json.loads(meta_path.read_text())
-    meta.setdefault("attributes", {})["files_crc32"] = sums
-    meta_path.write_text(json.dumps(meta))
+def _checked_rows(path: str, where: str, arg: str, label: str, start: int, stop: int, digest: str, shape) -> np.ndarray:
+    """One chunk's rows for to_dask, after every check of :meth:`FeatureStore.read_chunk` (runs where dask runs)."""
+    store = FeatureStore(path, where=where, arg=arg)
+    blocks, _ = store.read_chunk(label, start, stop, digest, method="to_dask")
+    if blocks.rows.shape != tuple(shape):
+        store._fail("to_dask", label, [(start, stop)], f"the chunk's rows changed shape to {blocks.rows.shape} after "
+                    f"to_dask read its record {tuple(shape)}")
+    return blocks.rows
 
 
-def _verify_checksums(path: Path, sums) -> None:
-    import zlib
-
-    if not isinstance(sums, dict) or not sums:
-        raise ValueError("no checksum record")
-    for name, crc in sums.items():
-        if zlib.crc32((path / name).read_bytes()) != crc:
-            raise ValueError(f"checksum mismatch in {name}")
+def _merged(ranges: list) -> list:
+    """Adjacent ranges joined: [(0, 8), (8, 16), (24, 32)] -> [(0, 16), (24, 32)]."""
+    out = []
+    for a, b in sorted(ranges):
+        if out and out[-1][1] == a:
+            out[-1] = (out[-1][0], b)
+        else:
+            out.append((a, b))
+    return out

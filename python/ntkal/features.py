@@ -48,17 +48,21 @@ def compute_features(featurizer, structures, store, *, label: str = "structures"
         ctx = ChunkContext(str(fs.path), fs.fingerprint, on_error=on_error,
                            one_thread=not isinstance(executor, InProcess))
 
+        made = []  # (start, stop, digest) of every chunk: the label's record once all are finished
+
         def tasks():
             for start, chunk in src.chunks(chunk_size):
                 if hasattr(featurizer, "check"):
                     for i, atoms in enumerate(chunk):
                         featurizer.check(atoms, where=where, arg=f"structures[{start + i}]")
-                yield ChunkTask(label, start, [pack(a) for a in chunk], chunk_digest(chunk), ["*"] * len(chunk))
+                made.append((start, start + len(chunk), chunk_digest(chunk)))
+                yield ChunkTask(label, start, [pack(a) for a in chunk], made[-1][2], ["*"] * len(chunk))
 
         bar = progress_bar(len(src), progress, "features")
         for res in executor.run(ctx, tasks()):
             bar.update(res.stop - res.start)
         bar.close()
+        fs.record_label(label, made)
     finally:
         executor.close()
     return fs

@@ -155,12 +155,19 @@ _STORES: dict = {}
 _ONE_THREAD = False
 
 
-def _store(path: str, fingerprint: str):
+def _store(path: str, fingerprint: str, writable: bool = True):
     from .feature_store import FeatureStore
 
-    key = (path, fingerprint)
+    key = (path, fingerprint, writable)
     if key not in _STORES:
-        _STORES[key] = FeatureStore(path, fingerprint, where="acquire", arg="cache")
+        if writable:
+            _STORES[key] = FeatureStore(path, fingerprint, where="acquire", arg="cache")
+        else:  # only read: the store may be read-only
+            store = FeatureStore(path)
+            if store.fingerprint != fingerprint:
+                raise InvalidArgumentError(f"FeatureStore: path {path!r} now holds features of another featurizer "
+                                           f"(fingerprint {store.fingerprint[:16]}..., expected {fingerprint[:16]}...)")
+            _STORES[key] = store
     return _STORES[key]
 
 
@@ -210,15 +217,17 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
     t0 = time.perf_counter()
     if ctx.one_thread:
         _one_thread()
-    store = _store(ctx.store_path, ctx.fingerprint)
-    blocks = store.load(task.label, task.start, task.stop, task.digest)
-    cached = blocks is not None
+    if task.structures:  # a damaged chunk is moved aside and recomputed from the structures
+        store = _store(ctx.store_path, ctx.fingerprint)
+        found = store.load_chunk(task.label, task.start, task.stop, task.digest)
+    else:  # a stored chunk read back, nothing to recompute it from: a gap or failed check raises
+        store = _store(ctx.store_path, ctx.fingerprint, writable=False)
+        found = store.read_chunk(task.label, task.start, task.stop, task.digest)
+    cached = found is not None
     structures = None
-    if not cached and not task.structures:
-        raise InvalidArgumentError(f"acquire: {task.label} chunk {task.start}..{task.stop} is not in the feature store "
-                                   f"{ctx.store_path!r} (or failed its checks) and no structures came to recompute it")
     if cached:
-        skipped_local = {int(i): r for i, r in store.meta(task.label, task.start, task.stop).get("skipped", [])}
+        blocks, attrs = found
+        skipped_local = {int(i): r for i, r in attrs.get("skipped", [])}
     else:
         structures = [unpack(p) for p in task.structures]
         blocks, skipped_local = featurize_chunk(featurizer, structures, task.start, task.label,

@@ -38,11 +38,15 @@ def shortlist_store(store, posterior, k: int, *, label: str = "pool", intensive:
         Highest PV first (ties: lower index).
     pv : ndarray (k,), float64
     all_pv : ndarray (n,), float64 or None
+
+    Raises
+    ------
+    FeatureStoreError
+        ``label`` has no record of its extent, a chunk is missing or holds other structures than
+        recorded, or a chunk fails a check when read (see :meth:`FeatureStore.read_chunk`).
     """
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, where="shortlist_store", arg="store")
-    chunks = fs.chunks(label)
-    if not chunks:
-        raise InvalidArgumentError(f"shortlist_store: store {str(fs.path)!r} holds no {label!r} chunks")
+    chunks = fs.recorded_chunks(label)  # the label as recorded when complete; a gap raises here, before any work
     n = chunks[-1][1]
     if int(k) < 1 or int(k) > n:
         raise InvalidArgumentError(f"shortlist_store: k must be in [1, {n}]; got {k}")
@@ -53,7 +57,7 @@ def shortlist_store(store, posterior, k: int, *, label: str = "pool", intensive:
         executor.bind(None)
         ctx = ChunkContext(str(fs.path), fs.fingerprint, posterior=posterior, intensive=intensive, top=int(k),
                            one_thread=not isinstance(executor, InProcess))
-        tasks = (ChunkTask(label, a, [], None, ["*"] * (b - a), count=b - a) for a, b in chunks)
+        tasks = (ChunkTask(label, a, [], digest, ["*"] * (b - a), count=b - a) for a, b, digest in chunks)
         bar = progress_bar(n, progress, f"scoring {label}")
         for res in executor.run(ctx, tasks):
             if all_pv is not None:
