@@ -9,10 +9,14 @@ gradient dE/dtheta. A block's rows are built from such passes:
 
 So a batch costs 1 + k passes for k force rows, whatever its number of structures. Parameters the
 batched pass cannot split (:attr:`GradientPlan.fallback`) get their columns from the per-structure
-loop (:func:`ntkal.torch.jacobian.iter_row_batches`), with the same estimator.
+loop (:func:`ntkal.torch.jacobian.iter_row_batches`), with the same estimator. The first batch is
+checked once: the per-structure gradients of every parameter must sum to the batch's gradient from
+plain autograd; a parameter that fails (used outside its module's call, a module that is not
+row-wise) moves to the loop, with a warning naming it.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 
 import numpy as np
@@ -57,6 +61,7 @@ class BatchedRows:
         self.model, self.spec = model, spec
         self.plan = GradientPlan.build(model.batched, model.names)
         self.loop_model = model.select(list(self.plan.fallback)) if self.plan.fallback else None
+        self.checked = False
 
     def graphs(self, structures) -> list:
         """The positions-independent graph of each structure."""
@@ -72,6 +77,8 @@ class BatchedRows:
         layouts: dict = {}
         r0 = [np.asarray(a.get_positions(), dtype=np.float64) for a in structures]
         _, base = per_structure_gradients(b, self.plan, graphs, self._tensors(r0), layouts)
+        if not self.checked:
+            self._check_sums(graphs, r0, base)
         looped = self._looped(structures)
         n = len(structures)
         row = 0
@@ -89,6 +96,37 @@ class BatchedRows:
             diff = {k: scale * (grads[k] - base[k]) if k in base else scale * grads[k] for k in grads}
             diff.update({k: -scale * g for k, g in base.items() if k not in grads})
             yield row + j, self._with_looped(diff, looped, row + j), present
+
+    def _check_sums(self, graphs, positions, base: dict) -> None:
+        """Move parameters whose per-structure gradients do not sum to autograd's batch gradient to the loop."""
+        b = self.model.batched
+        named = dict(b.module.named_parameters())
+        names = [n for n in self.model.names if n not in self.plan.fallback]
+        with torch.enable_grad():
+            energies, _ = b.energies(graphs, self._tensors(positions))
+            full = torch.autograd.grad(energies.sum(), [named[n] for n in names], allow_unused=True)
+        tol = 1e-3 if self.model.dtype in (torch.float32, torch.float16, torch.bfloat16) else 1e-8
+        wrong = []
+        for name, reference in zip(names, full):
+            total = base[name].sum(dim=0) if name in base else None
+            if reference is None and total is None:
+                continue
+            reference = torch.zeros_like(total) if reference is None else reference
+            total = torch.zeros_like(reference) if total is None else total
+            if float((total - reference).norm()) > tol * float(reference.norm()) + 1e-30:
+                wrong.append(name)
+        self.checked = True
+        if wrong:
+            warnings.warn(f"ntkal: {len(wrong)} parameter tensor(s) of {self.model.name!r} are not split per structure "
+                          f"correctly by the batched pass (e.g. {wrong[:3]}); their rows come from the per-structure "
+                          "loop (slower)", RuntimeWarning, stacklevel=4)
+            kept = {m: (mod, [a for a in attrs if (f"{m}.{a}" if m else a) not in wrong], kind)
+                    for m, (mod, attrs, kind) in self.plan.modules.items()}
+            self.plan = GradientPlan({m: v for m, v in kept.items() if v[1]}, list(self.plan.fallback) + wrong,
+                                     self.plan.copied)
+            self.loop_model = self.model.select(list(self.plan.fallback))
+            for name in wrong:
+                base.pop(name, None)
 
     def _tensors(self, positions: list) -> list:
         return [torch.as_tensor(p, dtype=self.model.dtype, device=self.model.device) for p in positions]

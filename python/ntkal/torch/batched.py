@@ -73,16 +73,30 @@ class GradientPlan:
 
     @classmethod
     def build(cls, batched: BatchedEnergy, names: Sequence[str]) -> "GradientPlan":
-        wanted = set(names)
         owned: dict = {}
-        for mname, module in batched.module.named_modules():
-            attrs = [k for k, _ in module.named_parameters(recurse=False)
-                     if (f"{mname}.{k}" if mname else k) in wanted]
-            if attrs:
-                owned[mname] = (module, attrs, _kind(batched.row_kinds, mname))
+        for name in names:
+            mname, attr = _calling_owner(batched.module, name)
+            if mname not in owned:
+                module = batched.module.get_submodule(mname) if mname else batched.module
+                owned[mname] = (module, [], _kind(batched.row_kinds, mname))
+            owned[mname][1].append(attr)
         modules = {m: v for m, v in owned.items() if v[2] is not None}
         covered = {f"{m}.{a}" if m else a for m, (_, attrs, _) in modules.items() for a in attrs}
         return cls(modules, [n for n in names if n not in covered])
+
+
+def _calling_owner(root: torch.nn.Module, name: str) -> tuple[str, str]:
+    """(module name, parameter path relative to it) of the module whose call uses parameter ``name``:
+    its owner, or for parameter containers (ParameterList/Dict, which are never called) the first
+    ancestor that is not one."""
+    parts = name.split(".")
+    depth = len(parts) - 1
+    while depth > 0:
+        module = root.get_submodule(".".join(parts[:depth]))
+        if not isinstance(module, (torch.nn.ParameterList, torch.nn.ParameterDict)):
+            break
+        depth -= 1
+    return ".".join(parts[:depth]), ".".join(parts[depth:])
 
 
 def _kind(row_kinds, name: str):

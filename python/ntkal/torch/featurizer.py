@@ -50,9 +50,10 @@ class Featurizer:
         whole batch of structures); ``"autograd"``, exact mixed second derivatives (one reverse pass
         per row over a create-graph backward, one structure at a time). None (default): "difference"
         for k rows, "autograd" for ``force_rows="exact"``.
-    difference_step : float
-        Step h in Angstrom per unit of a row's direction for ``force_method="difference"`` (default
-        3e-4: float32 rounding grows as 1/h, the truncation error as h; bench/RESULTS.md §2).
+    difference_step : float or None
+        Step h in Angstrom per unit of a row's direction for ``force_method="difference"``. None: 3e-4 for a
+        float32 model, 1e-6 for float64 (the rounding error grows as 1/h, the truncation error as h;
+        bench/RESULTS.md §2).
     energy_weight, force_weight : float
         Multipliers of the energy row and of each force row.
     params : "all", "readout" or list of str, optional
@@ -92,7 +93,7 @@ class Featurizer:
                  energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
                  chunk_size: int = 65536, row_batch: int = 8, threads: int | None = 1,
                  loss=None, progress: bool = False, force_method: str | None = None,
-                 difference_step: float = 3e-4, batch_budget: int | None = None, batch_size: int | None = None):
+                 difference_step: float | None = None, batch_budget: int | None = None, batch_size: int | None = None):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
             raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
@@ -118,6 +119,8 @@ class Featurizer:
         if force_method is None:
             force_method = "autograd" if force_rows == "exact" else "difference"
         choice(force_method, FORCE_METHODS, where, "force_method")
+        if difference_step is None:
+            difference_step = 1e-6 if model.dtype == torch.float64 else 3e-4
         for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight),
                             ("difference_step", difference_step)):
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):

@@ -129,7 +129,7 @@ def _vmapped(module, names, args, kwargs, delta, layout):
     rows = delta.shape[0]
     pos, keys = _row_arguments(args, kwargs, rows)
     values = [layout.pad(args[i]) for i in pos] + [layout.pad(kwargs[k]) for k in keys]
-    params = {k: getattr(module, k).detach() for k in names}
+    params = {k: module.get_parameter(k).detach() for k in names}
 
     def contribution(p, row_values, d):
         return (_call(module, p, args, kwargs, pos, keys, row_values) * d).sum()
@@ -141,7 +141,7 @@ def _vmapped(module, names, args, kwargs, delta, layout):
 def _looped(module, names, args, kwargs, delta, layout):
     rows = delta.shape[0]
     pos, keys = _row_arguments(args, kwargs, rows)
-    params = {k: getattr(module, k).detach().requires_grad_(True) for k in names}
+    params = {k: module.get_parameter(k).detach().requires_grad_(True) for k in names}
     out = {k: torch.zeros((layout.n,) + tuple(v.shape), dtype=v.dtype, device=v.device) for k, v in params.items()}
     for s in range(layout.n):
         mine = torch.nonzero(layout.owners == s).reshape(-1)

@@ -13,11 +13,15 @@ import os
 import torch
 
 from ...errors import InvalidArgumentError
+from ..batched import BatchedEnergy
 from ..functional import FunctionalModel
 
 __all__ = ["MACE_READOUT", "mace"]
 
 MACE_READOUT = ("readouts.*",)
+# Rows of the parameter-owning modules in a batch: the radial basis and the radial networks that weight the
+# convolutions act on edges; embeddings, linears, skip and symmetric contractions, readouts on atoms.
+MACE_ROW_KINDS = (("radial_embedding.*", "edges"), ("interactions.*.conv_tp_weights.*", "edges"), ("*", "atoms"))
 _SAFE_PREFIXES = ("mace.", "e3nn.", "torch.nn.")
 
 
@@ -95,6 +99,7 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
     head_index = heads.index(head) if head is not None else 0
 
     graph_cache: dict = {}
+    builder = _GraphBuilder(z_table.zs, r_max, heads, head_index, dtype)
 
     def graph_of(atoms):
         from ...structures import structure_digest
@@ -102,19 +107,7 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
         key = structure_digest(atoms)
         if key not in graph_cache:
             graph_cache.clear()
-            config = data.config_from_atoms(atoms)
-            config.head = heads[head_index]
-            kwargs = {"heads": heads} if len(heads) > 1 else {}
-            previous = torch.get_default_dtype()  # mace builds AtomicData in the default dtype: make it the
-            torch.set_default_dtype(dtype)        # model's, or float32 rounding of the cell shifts edge vectors
-            try:
-                atomic = data.AtomicData.from_config(config, z_table=z_table, cutoff=r_max, **kwargs)
-            finally:
-                torch.set_default_dtype(previous)
-            batch = next(iter(torch_geometric.dataloader.DataLoader([atomic], batch_size=1, shuffle=False)))
-            graph_cache[key] = {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point()
-                                    else v.to(device) if torch.is_tensor(v) else v)
-                                for k, v in batch.to_dict().items()}
+            graph_cache[key] = _collate([builder(atoms)], dtype, device)
         return graph_cache[key]
 
     def energy(p, positions, atoms):
@@ -126,6 +119,51 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
     trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
     frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
     frozen.update(dict(net.named_buffers()))
+    batched = BatchedEnergy(net, builder, lambda graphs, positions: _batch_energies(net, graphs, positions, dtype, device),
+                            MACE_ROW_KINDS, _graph_size)
     fm = FunctionalModel(energy, trainable, frozen=frozen, readout=MACE_READOUT, supported_numbers=z_table.zs,
-                         name=name)
+                         name=name, batched=batched)
     return fm.select(params)
+
+
+class _GraphBuilder:
+    """One structure's ``AtomicData`` (mace's neighbour list with cell shifts); picklable for worker processes."""
+
+    def __init__(self, zs, r_max: float, heads: list, head_index: int, dtype):
+        self.zs, self.r_max, self.heads, self.head_index, self.dtype = list(zs), float(r_max), list(heads), head_index, dtype
+
+    def __call__(self, atoms):
+        data, tools, _ = _import_mace("ntkal.torch.models.mace")
+        config = data.config_from_atoms(atoms)
+        config.head = self.heads[self.head_index]
+        kwargs = {"heads": self.heads} if len(self.heads) > 1 else {}
+        previous = torch.get_default_dtype()  # mace builds AtomicData in the default dtype: make it the
+        torch.set_default_dtype(self.dtype)   # model's, or float32 rounding of the cell shifts edge vectors
+        try:
+            return data.AtomicData.from_config(config, z_table=tools.AtomicNumberTable(self.zs), cutoff=self.r_max,
+                                               **kwargs)
+        finally:
+            torch.set_default_dtype(previous)
+
+
+def _graph_size(graph) -> int:
+    """Rows a structure adds to a batch: atoms and directed edges."""
+    return int(graph.positions.shape[0]) + int(graph.edge_index.shape[1])
+
+
+def _collate(graphs: list, dtype, device) -> dict:
+    """Many structures' AtomicData as one batch dict (mace's collation), floats in the model's dtype."""
+    from mace.tools import torch_geometric
+
+    batch = torch_geometric.batch.Batch.from_data_list(graphs)
+    return {k: (v.to(device=device, dtype=dtype) if torch.is_tensor(v) and v.is_floating_point()
+                else v.to(device) if torch.is_tensor(v) else v) for k, v in batch.to_dict().items()}
+
+
+def _batch_energies(net, graphs: list, positions: list, dtype, device):
+    """Total energies of many structures in one MACE pass. Row kinds: ``atoms`` and ``edges`` (directed)."""
+    batch = _collate(graphs, dtype, device)
+    batch["positions"] = torch.cat(positions)
+    out = net(batch, compute_force=False, training=False)
+    owners = batch["batch"]
+    return out["energy"].reshape(-1), {"atoms": owners, "edges": owners[batch["edge_index"][0]]}
