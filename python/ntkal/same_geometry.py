@@ -28,6 +28,12 @@ DEFAULT_TOL = 1e-4  # Å: far above file rounding (1e-6 Å), far below a thermal
 _SAFETY = 2.0  # the window is twice the bound: rounding, and the lattice of the match against the query's
 
 
+def _group(atoms) -> tuple:
+    """(composition as (Z, count) pairs, pbc): only structures of one group can match."""
+    elements, counts = np.unique(np.asarray(atoms.numbers, dtype=np.int64), return_counts=True)
+    return tuple(zip(elements.tolist(), counts.tolist())), tuple(bool(p) for p in atoms.pbc)
+
+
 class _Geometry:
     """Fractional coordinates along the periodic directions (wrapped into [0, 1)) and the Cartesian part
     across them, atoms grouped by element; the summary and its search window."""
@@ -41,8 +47,8 @@ class _Geometry:
         self.lattice = cell[list(pbc)]
         if len(self.lattice) and np.linalg.matrix_rank(self.lattice, tol=1e-8) < len(self.lattice):
             raise ValueError("degenerate periodic cell")
-        elements, counts = np.unique(numbers, return_counts=True)
-        self.group = (tuple(zip(elements.tolist(), counts.tolist())), pbc)
+        self.group = _group(atoms)
+        elements = np.unique(numbers)
         dual = np.linalg.pinv(self.lattice) if len(self.lattice) else np.zeros((3, 0))  # x @ dual = fractions
         positions = np.asarray(atoms.get_positions(), dtype=np.float64)
         fractions = positions @ dual
@@ -128,6 +134,8 @@ class GeometryIndex:
         self._sorted.pop(geometry.group, None)
 
     def __contains__(self, atoms) -> bool:
+        if _group(atoms) not in self._groups and not self._degenerate:  # no structure of this composition and pbc
+            return False
         try:
             query = _Geometry(atoms, self.tol)
         except ValueError:
