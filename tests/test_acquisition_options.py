@@ -135,6 +135,22 @@ def test_training_duplicates_are_never_picked(featurizer):
         np.testing.assert_array_equal(res.excluded, np.arange(5, 11))
 
 
+def test_training_structures_as_files_rewrite_them_are_never_picked(featurizer):
+    train, others = cells(6, 0), cells(6, 1)
+    reordered = train[0][np.argsort(train[0].numbers, kind="stable")[::-1]]  # grouped by element, as in a POSCAR
+    assert (reordered.numbers != train[0].numbers).any() or (reordered.positions != train[0].positions).any()
+    shifted = train[1].copy()
+    shifted.positions[2] += np.array([1, -1, 2]) @ shifted.cell  # one atom shifted by a lattice vector
+    rounded = train[2].copy()
+    rounded.positions = np.round(rounded.positions, 6)  # positions rounded to 1e-6 Å
+    moved = train[3].copy()
+    moved.positions[1] += [0.03, 0.0, 0.04]  # one atom moved 0.05 Å: a new structure
+    pool = others[:3] + [reordered, shifted, rounded, moved] + others[3:]
+    res = acquire(featurizer, train, pool, len(pool) - 3, strategy="topk", progress=False)
+    np.testing.assert_array_equal(res.excluded, [3, 4, 5])
+    assert sorted(res.indices.tolist()) == [0, 1, 2, 6, 7, 8, 9]
+
+
 def labelled(structures, featurizer, shift):
     """Copies whose reference forces are the featurizer model's forces + shift[i] on every component."""
     out = []

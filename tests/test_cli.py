@@ -194,3 +194,48 @@ def test_on_error_on_every_command_that_featurizes():
     for cmd in (["select", "--pool", "p", "-n", "1"], ["score", "--pool", "p"], ["demo"],
                 ["features", "--structures", "p", "--out", "o"]):
         assert parser.parse_args(cmd + ["--on-error", "skip"]).on_error == "skip"
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["select", "-n", "2", "--out", "{missing}/sel.extxyz"], "--out"),
+    (["select", "-n", "2", "--plot", "{missing}/screen.png"], "--plot"),
+    (["select", "-n", "2", "--cache", "{file}/store"], "--cache"),
+    (["score", "--out", "{missing}/scores.csv"], "--out"),
+    (["score", "--write-info", "{missing}/scored.extxyz"], "--write-info"),
+    (["score", "--plot", "{missing}/screen.png"], "--plot"),
+    (["score", "--out", "{tmp}"], "--out"),
+    (["features", "--out", "{file}"], "--out"),
+    (["features", "--out", "{file}/sub/store"], "--out"),
+    (["demo", "--out", "{missing}/sel.extxyz"], "--out"),
+    (["select", "-n", "2", "--out", "{tmp}/sel.notaformat"], "--out"),
+    (["select", "-n", "2", "--out", "{tmp}/POSCAR.vasp"], "--out"),  # one structure per file, 2 picked
+])
+def test_every_output_path_is_checked_before_any_work(files, tmp_path, capsys, monkeypatch, argv, option):
+    d, _, _ = files
+    (tmp_path / "a_file").write_text("not a directory\n")
+
+    def no_work(args):
+        raise AssertionError("the model was loaded before the output paths were checked")
+
+    monkeypatch.setattr(cli, "_featurizer", no_work)
+    monkeypatch.setattr("ntkal.demo_data.demo_structures", no_work)
+    inputs = {"select": ["--pool", str(d / "pool.extxyz")], "score": ["--pool", str(d / "pool.extxyz")],
+              "features": ["--structures", str(d / "pool.extxyz")], "demo": []}[argv[0]]
+    names = {"missing": tmp_path / "no_such_dir", "file": tmp_path / "a_file", "tmp": tmp_path}
+    code = main([a.format(**names) for a in argv] + inputs + TOY)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"ntkal {argv[0]}: error: argument {option}:" in err and "Traceback" not in err
+    assert not (tmp_path / "no_such_dir").exists()
+
+
+def test_output_checks_let_good_paths_through(tmp_path):
+    from ntkal.cli import _check_outputs, build_parser
+
+    parser = build_parser()
+    store = tmp_path / "new" / "deeper" / "store"  # a feature store creates missing parents
+    for argv in (["select", "--pool", "p", "-n", "1", "--out", str(tmp_path / "one.vasp")],
+                 ["select", "--pool", "p", "-n", "3", "--out", str(tmp_path / "sel.xyz"), "--cache", str(store)],
+                 ["score", "--pool", "p", "--out", str(tmp_path / "s.csv"), "--write-info", str(tmp_path / "s.traj")],
+                 ["features", "--structures", "p", "--out", str(store)], ["demo"]):
+        _check_outputs(parser.parse_args(argv))

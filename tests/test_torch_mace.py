@@ -176,3 +176,89 @@ def test_cli_selects_with_a_mace_file_only_with_the_opt_in(net, tmp_path, capsys
     assert "--allow-unsafe-load" in capsys.readouterr().err  # refused by default, and says how to opt in
     assert main(argv + ["--allow-unsafe-load"]) == 0
     assert len(ase.io.read(tmp_path / "sel.extxyz", index=":")) == 2
+
+
+class _Call:
+    """Pickles as ``function(*args)``: what a crafted file makes the unpickler call."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return self.function, self.args
+
+
+def test_a_file_whose_global_is_a_mace_function_runs_nothing(tmp_path, monkeypatch):
+    from mace.tools.scripts_utils import extract_load
+
+    marker = tmp_path / "payload_ran"
+    inner = tmp_path / "inner.pt"
+    torch.save(_Call(os.makedirs, str(marker)), inner)  # unpickled in full, it creates the marker directory
+    outer = tmp_path / "outer.model"
+    torch.save(_Call(extract_load, str(inner)), outer)  # extract_load(inner) would torch.load it
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(outer)) == ["mace.tools.scripts_utils.extract_load"]
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")  # as a later import of mace.calculators leaves it
+    with pytest.raises(ntkal.InvalidArgumentError,
+                       match=r"cannot be loaded safely.*not classes.*: mace\.tools\.scripts_utils\.extract_load\."):
+        models.mace(outer)
+    assert not marker.exists()
+    torch.load(inner, weights_only=False)  # the payload is real: loaded in full, it runs
+    assert marker.is_dir()
+
+
+def test_a_file_that_calls_an_allowed_module_class_is_refused(tmp_path):
+    # a module class is allow-listed to be rebuilt from its state; calling its constructor with the file's
+    # arguments (mace's MaceTorchSimModel(path) torch.loads another file in full) is never allowed
+    path = tmp_path / "calls_linear.model"
+    torch.save(_Call(torch.nn.Linear, 2, 3), path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == ["torch.nn.modules.linear.Linear"]
+    with pytest.raises(ntkal.InvalidArgumentError,
+                       match=r"classes the file calls with its own arguments.*: torch\.nn\.modules\.linear\.Linear\."):
+        models.mace(path)
+    saved = tmp_path / "linear.model"  # the same class saved as a module: rebuilt safely, then not a MACE model
+    torch.save(torch.nn.Linear(2, 3), saved)
+    with pytest.raises(ntkal.InvalidArgumentError, match="Linear module without r_max and atomic_numbers"):
+        models.mace(saved)
+
+
+def test_the_refusal_of_a_mace_file_names_each_global_and_why(net, tmp_path):
+    path = tmp_path / "small.model"
+    torch.save(net, path)
+    with pytest.raises(ntkal.InvalidArgumentError) as err:
+        models.mace(path)
+    message = str(err.value)
+    assert "outside mace, e3nn, torch.nn: torch.fx." in message
+    assert "not classes (the file could call them with its arguments): torch.nn.functional.silu" in message
+    assert "__setstate__ is not torch.nn.Module's" in message and "e3nn.o3._linear.Linear" in message
+
+
+def test_a_state_dict_file_gets_a_named_error(net, tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save(net.state_dict(), path)
+    with pytest.raises(ntkal.InvalidArgumentError, match=r"holds a state dict \(\d+ tensors\), not a model.*"
+                                                         r"torch\.save\(model\).*load_state_dict"):
+        models.mace(path)
+    with pytest.raises(ntkal.InvalidArgumentError, match="holds a state dict"):
+        models.mace(net.state_dict())
+    checkpoint = tmp_path / "checkpoint.pt"
+    torch.save({"model": net.state_dict(), "epoch": 3}, checkpoint)
+    with pytest.raises(ntkal.InvalidArgumentError, match=r"holds a dict with keys \['epoch', 'model'\], not a MACE"):
+        models.mace(checkpoint)
+
+
+@pytest.mark.parametrize("before", [None, "0"])
+def test_loading_mace_puts_torch_force_no_weights_only_load_back(before):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"}
+    if before is not None:
+        env["TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"] = before
+    script = ("import os, sys\nfrom ntkal.torch import models\n"
+              "try:\n    models.mace('/nonexistent/model.file')\nexcept Exception as exc:\n    print(type(exc).__name__)\n"
+              "print('mace' in sys.modules, os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))\n")
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split()[-3:] == ["InvalidArgumentError", "True", str(before)]
+    control = "import os, mace\nprint(os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))\n"  # mace itself sets it
+    assert subprocess.run([sys.executable, "-c", control], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()[-1] == "1"

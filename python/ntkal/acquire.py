@@ -34,7 +34,8 @@ from .progress import bar as progress_bar
 from .screen import ChunkContext, ChunkTask, TreeSum, featurize_chunk, merge_top, pack
 from .select import select
 from .strata import composition_key, quotas
-from .structures import StructureSource, structure_digest
+from .same_geometry import GeometryIndex
+from .structures import StructureSource
 from .variance_reduction import variance_reduction_greedy
 
 __all__ = ["AcquisitionResult", "acquire"]
@@ -70,7 +71,8 @@ class AcquisitionResult:
     calibration : Calibration or None
         Output scale per stratum fitted on the training labels (``calibrate``).
     excluded : ndarray of int64
-        Pool structures never picked because the training set holds the same geometry.
+        Pool structures never picked because the training set holds the same geometry (the same atoms
+        within 1e-4 Å in any order, modulo lattice shifts: :mod:`ntkal.same_geometry`).
     features : Blocks or None
         Feature rows of the selected structures, in pick order.
     skipped : list of (str, int, str)
@@ -305,7 +307,7 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
 
     # ---- 1. check every structure before any featurisation ---------------------------------------------
     t = time.perf_counter()
-    train_digests, train_keys, train_forces = set(), [], []
+    train_geometries, train_keys, train_forces = GeometryIndex(where=where), [], []
     pool_is_train = np.zeros(n_pool, dtype=bool)
     if calibrate == "auto" and not (hasattr(featurizer, "predict_forces") and train_src is not None and len(train_src)):
         calibrate = "off"  # "auto" is decided on the training labels, read in the check pass below
@@ -324,10 +326,10 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                         skipped[(label, start + i)] = str(exc).split(": ", 1)[-1]
                 key = composition_key(atoms) if strata == "composition" or calibrate != "off" else "*"
                 keys.append(key)
-                if label == "pool" and train_digests and structure_digest(atoms) in train_digests:
-                    pool_is_train[start + i] = True  # already labelled: never a candidate
+                if label == "pool" and len(train_geometries) and atoms in train_geometries:
+                    pool_is_train[start + i] = True  # already labelled (same geometry): never a candidate
                 if label == "train":
-                    train_digests.add(structure_digest(atoms))
+                    train_geometries.add(atoms)
                     if calibrate == "on" or (calibrate == "auto" and _has_forces(atoms)):
                         train_forces.append(_reference_forces(atoms, where, f"train[{start + i}]"))
                     elif calibrate == "auto":

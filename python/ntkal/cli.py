@@ -378,6 +378,61 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# every path a command writes, as (attribute, option, kind): checked before the model loads, so a typo in a
+# directory name costs nothing instead of a whole featurization
+OUTPUTS = {
+    "select": (("out", "--out", "structures"), ("plot", "--plot", "picture"), ("cache", "--cache", "directory")),
+    "score": (("out", "--out", "file"), ("write_info", "--write-info", "structures"), ("plot", "--plot", "picture"),
+              ("cache", "--cache", "directory")),
+    "features": (("out", "--out", "directory"),),
+    "demo": (("out", "--out", "structures"),),
+}
+
+
+def _check_outputs(args) -> None:
+    """Refuse an output path that cannot be written (missing or read-only directory, wrong kind, format)."""
+    for attr, option, kind in OUTPUTS[args.command]:
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        path = os.path.abspath(value)
+        if kind == "directory":
+            if os.path.exists(path) and not os.path.isdir(path):
+                raise InvalidArgumentError(f"argument {option}: {value!r} exists and is not a directory")
+            parent = path
+            while not os.path.exists(parent):  # the store creates missing parents
+                parent = os.path.dirname(parent)
+        else:
+            if os.path.isdir(path):
+                raise InvalidArgumentError(f"argument {option}: {value!r} is a directory; expected a file name")
+            parent = os.path.dirname(path)
+            if not os.path.isdir(parent):
+                raise InvalidArgumentError(f"argument {option}: the directory {os.path.dirname(value) or '.'!r} of "
+                                           f"{value!r} does not exist")
+        if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+            raise InvalidArgumentError(f"argument {option}: cannot write {value!r}: {parent!r} is not a writable "
+                                       "directory")
+        if kind == "structures":
+            from .structures import check_structure_output
+
+            check_structure_output(path, frames=getattr(args, "n", None), where=f"ntkal {args.command}",
+                                   arg=f"argument {option}")
+        elif kind == "picture":
+            _check_picture(value, option)
+
+
+def _check_picture(value: str, option: str) -> None:
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InvalidArgumentError(f"argument {option} needs matplotlib (pip install 'ntkal[plot]')") from None
+    suffix = os.path.splitext(value)[1].lower().lstrip(".")
+    supported = Figure().canvas.get_supported_filetypes()
+    if suffix and suffix not in supported:
+        raise InvalidArgumentError(f"argument {option}: matplotlib cannot write .{suffix} pictures; use one of "
+                                   f"{', '.join('.' + s for s in sorted(supported))}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -387,6 +442,7 @@ def main(argv=None) -> int:
     if args.no_progress:
         os.environ["NTKAL_NO_PROGRESS"] = "1"
     try:
+        _check_outputs(args)
         return {"select": cmd_select, "score": cmd_score, "features": cmd_features, "demo": cmd_demo}[args.command](args)
     except InvalidArgumentError as exc:
         message = str(exc).removeprefix(f"ntkal {args.command}: ")

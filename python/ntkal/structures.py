@@ -14,7 +14,7 @@ import numpy as np
 
 from .errors import InvalidArgumentError
 
-__all__ = ["StructureSource", "structure_digest", "write_structures"]
+__all__ = ["StructureSource", "check_structure_output", "structure_digest", "write_structures"]
 
 DB_SUFFIXES = (".db", ".json", ".aselmdb")
 XYZ_SUFFIXES = (".xyz", ".extxyz")
@@ -202,6 +202,29 @@ def _count_xyz(path: str, where: str, arg: str) -> int:
                 line_no += 1
             n += 1
     return n
+
+
+def check_structure_output(path, *, frames: int | None, where: str, arg: str) -> None:
+    """Refuse, before any work, a path :func:`write_structures` could not write ``frames`` structures to.
+
+    ``frames=None``: the count is not known yet, so a format that holds one structure only is refused.
+    """
+    from ase.io.formats import ioformats, filetype
+
+    path = Path(path)
+    if path.suffix.lower() in XYZ_SUFFIXES:
+        return
+    try:
+        fmt = filetype(str(path), read=False)
+    except Exception:
+        fmt = None
+    if fmt not in ioformats or not ioformats[fmt].can_write:
+        raise InvalidArgumentError(f"{where}: {arg}: ASE cannot write structures to {str(path)!r} (suffix "
+                                   f"{path.suffix!r}); use .extxyz or another ASE format that can be written")
+    if ioformats[fmt].single and (frames is None or frames > 1):
+        count = "one per pool structure" if frames is None else str(frames)
+        raise InvalidArgumentError(f"{where}: {arg}: the {fmt} format of {str(path)!r} holds one structure; "
+                                   f"{count} would be written: use .extxyz")
 
 
 def write_structures(path, structures, *, info: Sequence[dict] | None = None) -> None:

@@ -1,20 +1,28 @@
 """A MACE model (mace-torch) as a FunctionalModel: a file as mace-torch saves it, or a module in memory.
 
-Loading is safe by default: ``torch.load(weights_only=True)`` with the mace, e3nn and torch.nn classes
-the file names allow-listed. A standard MACE file also names ``torch.fx``'s graph-module rebuilder,
-which *executes code stored in the file* (e3nn's generated modules); such a file is refused unless
-the caller passes ``allow_unsafe_load=True`` for a file they trust.
+Loading is safe by default: ``torch.load(weights_only=True)`` with only the mace, e3nn and torch.nn
+*classes* a model is built from allow-listed, never functions, and only when the file rebuilds them
+from their saved state without calling them (:mod:`ntkal.torch.models._safe_load` says which and
+why). A standard MACE file also names ``torch.fx``'s graph-module rebuilder, which *executes code
+stored in the file*, and e3nn's generated modules, which load TorchScript stored in the file; such a
+file is refused unless the caller passes ``allow_unsafe_load=True`` for a file they trust.
+
+Importing mace sets ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``, which would turn every later
+``torch.load`` of the process without ``weights_only`` into a full unpickling: the variable is put
+back as it was.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import torch
 
 from ...errors import InvalidArgumentError
 from ..batched import BatchedEnergy
 from ..functional import FunctionalModel
+from ._safe_load import called_globals, check_global
 
 __all__ = ["MACE_READOUT", "mace"]
 
@@ -23,42 +31,88 @@ MACE_READOUT = ("readouts.*",)
 # convolutions act on edges; embeddings, linears, skip and symmetric contractions, readouts on atoms.
 MACE_ROW_KINDS = (("radial_embedding.*", "edges"), ("interactions.*.conv_tp_weights.*", "edges"), ("*", "atoms"))
 _SAFE_PREFIXES = ("mace.", "e3nn.", "torch.nn.")
+_TORCH_ENV = "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"
 
 
 def _import_mace(where: str):
     # e3nn 0.4.4 (pinned by mace-torch) loads its constants with torch.load: allow that one builtin
     torch.serialization.add_safe_globals([slice])
+    before = os.environ.get(_TORCH_ENV)
     try:
         from mace import data, tools
         from mace.tools import torch_geometric
+
+        import e3nn.nn  # noqa: F401  the classes a safe load may allow-list are looked up here, never imported
+        import mace.modules  # noqa: F401
     except ImportError as exc:
         raise InvalidArgumentError(f"{where}: mace-torch is not installed (pip install 'ntkal[mace]')") from exc
+    finally:  # mace's __init__ sets it for the whole process
+        if before is None:
+            os.environ.pop(_TORCH_ENV, None)
+        else:
+            os.environ[_TORCH_ENV] = before
     return data, tools, torch_geometric
+
+
+def _refusals(path: str, where: str) -> tuple[list, dict[str, list[str]]]:
+    """The classes to allow-list for ``path``, and its other globals by the reason they cannot be."""
+    try:
+        needed = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
+        called = called_globals(path)
+    except Exception as exc:
+        raise InvalidArgumentError(f"{where}: {path} is not a model file saved with torch.save: "
+                                   f"{type(exc).__name__}: {exc}") from exc
+    classes, refused = [], {}
+    for name in needed:
+        cls, reason = check_global(name, _SAFE_PREFIXES)
+        if cls is not None and name in called:
+            reason = "module classes the file calls with its own arguments (a saved model is rebuilt from state)"
+        if reason is None:
+            classes.append(cls)
+        else:
+            refused.setdefault(reason, []).append(name)
+    if "<computed>" in called:
+        refused.setdefault("calls of objects the file builds itself", []).append("<computed>")
+    return classes, refused
 
 
 def _load(path: str, where: str, allow_unsafe_load: bool):
     if not os.path.isfile(path):
         raise InvalidArgumentError(f"{where}: model file not found: {path}")
-    needed = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
-    unsafe = [g for g in needed if not g.startswith(_SAFE_PREFIXES)]
-    if unsafe and not allow_unsafe_load:
+    classes, refused = _refusals(path, where)
+    if refused and not allow_unsafe_load:
+        named = "; ".join(f"{reason}: {', '.join(names[:4])}{f' and {len(names) - 4} more' if len(names) > 4 else ''}"
+                          for reason, names in refused.items())
         raise InvalidArgumentError(
-            f"{where}: {path} cannot be loaded safely: besides mace/e3nn classes it needs {unsafe[:4]}"
-            f"{' ...' if len(unsafe) > 4 else ''}, which run code stored in the file (MACE files embed e3nn's "
-            "generated modules). Pass allow_unsafe_load=True (CLI: --allow-unsafe-load) only for a file you trust")
-    if unsafe:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    import importlib
-
-    classes = []
-    for name in needed:
-        module, _, attr = name.rpartition(".")
-        classes.append(getattr(importlib.import_module(module), attr))
+            f"{where}: {path} cannot be loaded safely: the safe load rebuilds only the mace/e3nn/torch.nn module "
+            f"classes a model is made of, and the file names {named}. A standard MACE file is refused: it embeds "
+            "e3nn's generated modules, whose code runs while the file loads. Pass allow_unsafe_load=True "
+            "(CLI: --allow-unsafe-load) only for a file you trust")
     try:
-        with torch.serialization.safe_globals(classes):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        if refused:
+            net = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(classes):
+                net = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise InvalidArgumentError(f"{where}: {path} is not a MACE model file: {type(exc).__name__}: {exc}") from exc
+    return _checked_model(net, where, path)
+
+
+def _checked_model(net, where: str, what: str):
+    """``net`` when it is a MACE module; a named error saying what to pass instead otherwise."""
+    if isinstance(net, Mapping) and net and all(torch.is_tensor(v) for v in net.values()):
+        raise InvalidArgumentError(
+            f"{where}: {what} holds a state dict ({len(net)} tensors), not a model: pass a model file saved with "
+            "torch.save(model), or build the MACE module, call its load_state_dict() and pass the module")
+    if not isinstance(net, torch.nn.Module):
+        keys = f" with keys {sorted(map(str, net))[:6]}" if isinstance(net, Mapping) else ""
+        raise InvalidArgumentError(f"{where}: {what} holds a {type(net).__name__}{keys}, not a MACE model: pass a "
+                                   "model file saved with torch.save(model) or a MACE module")
+    if not (hasattr(net, "r_max") and hasattr(net, "atomic_numbers")):
+        raise InvalidArgumentError(f"{where}: {what} is a {type(net).__name__} module without r_max and "
+                                   "atomic_numbers, not a MACE model")
+    return net
 
 
 def mace(model, *, params="all", device: str | torch.device = "cpu", head: str | None = None,
@@ -85,8 +139,8 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
     """
     where = "ntkal.torch.models.mace"
     data, tools, torch_geometric = _import_mace(where)
-    if isinstance(model, torch.nn.Module):
-        net, name = model, "mace:module"
+    if isinstance(model, (torch.nn.Module, Mapping)):
+        net, name = _checked_model(model, where, "model"), "mace:module"
     else:
         net, name = _load(str(model), where, allow_unsafe_load), f"mace:{os.path.basename(str(model))}"
     net = net.to(device).eval()
