@@ -29,12 +29,14 @@ __all__ = ["SegmentLayout", "segment_gradients"]
 @dataclass
 class SegmentLayout:
     """Rows grouped by owner: ``index`` (n, L) row numbers of each structure's rows, padded by repeating a
-    valid row; ``mask`` (n, L) True on real rows. L is the longest segment (>= 1)."""
+    valid row; ``mask`` (n, L) True on real rows. L is the longest segment (>= 1). ``bounds`` (n + 1 ints)
+    when the owners are sorted (each structure's rows contiguous, as the adapters lay batches out), else None."""
 
     owners: torch.Tensor
     n: int
     index: torch.Tensor
     mask: torch.Tensor
+    bounds: list | None = None
 
     @classmethod
     def of(cls, owners: torch.Tensor, n: int) -> "SegmentLayout":
@@ -48,7 +50,9 @@ class SegmentLayout:
         within = torch.minimum(step[None, :], (counts[:, None] - 1).clamp(min=0))
         position = (starts[:, None] + within).clamp(max=max(owners.numel() - 1, 0))
         index = order[position] if owners.numel() else torch.zeros_like(position)
-        return cls(owners, int(n), index, mask)
+        sorted_ = owners.numel() < 2 or bool((owners[1:] >= owners[:-1]).all())
+        bounds = [0] + torch.cumsum(counts, 0).tolist() if sorted_ else None
+        return cls(owners, int(n), index, mask, bounds)
 
     def pad(self, rows: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
         """(R, ...) -> (n, L, ...); ``zero`` puts zeros on the padding (else a repeated real row)."""
@@ -68,6 +72,8 @@ def _linear(module, names, args, kwargs, delta, layout):
     rows = x.shape[0]
     x3 = x.reshape(rows, -1, x.shape[-1])
     d3 = delta.reshape(rows, -1, delta.shape[-1])
+    if layout.bounds is not None and x.device.type == "cpu":
+        return _linear_by_segment(names, x3, d3, layout)
     X = layout.pad(x3).reshape(layout.n, -1, x.shape[-1])
     D = layout.pad(d3, zero=True).reshape(layout.n, -1, delta.shape[-1])
     out = {}
@@ -75,6 +81,23 @@ def _linear(module, names, args, kwargs, delta, layout):
         out["weight"] = torch.bmm(D.transpose(1, 2), X)
     if "bias" in names:
         out["bias"] = D.sum(dim=1)
+    return out
+
+
+def _linear_by_segment(names, x3, d3, layout):
+    """The Linear rule on a CPU with each structure's rows contiguous: one product per structure on views
+    of the rows (no padded copies; on a GPU the single padded batched product wins)."""
+    n, bounds = layout.n, layout.bounds
+    out = {}
+    if "weight" in names:
+        weight = x3.new_zeros((n, d3.shape[-1], x3.shape[-1]))
+        for s in range(n):
+            a, b = bounds[s], bounds[s + 1]
+            if b > a:
+                torch.mm(d3[a:b].reshape(-1, d3.shape[-1]).T, x3[a:b].reshape(-1, x3.shape[-1]), out=weight[s])
+        out["weight"] = weight
+    if "bias" in names:
+        out["bias"] = layout.segment_sum(d3.sum(dim=1))
     return out
 
 
