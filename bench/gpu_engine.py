@@ -7,7 +7,8 @@ Prints, from one run on one GPU:
    fraction is time-based (same (M x d)(d x d) nominal work); the kernel skips the zero upper triangle
    of L^{-1}, so it also prints the FLOPs it really executes.
 2. Sketch projection (Gaussian and sparse sign, J on the GPU) against ``torch.matmul(J, S)`` with S
-   materialised densely.
+   materialised densely; whether two runs give the same bits, and whether 16 rows equal the CPU
+   engine's bit for bit (expected for sparse sign only).
 3. The full screen at the largest pool / dim: PV of every structure plus the top-k shortlist, cold
    (first call: whitening operator built on the host and uploaded) and warm.
 4. Greedy PV (bmdal_reg ``maxdet`` on the train posterior) and LCMD with train centres against
@@ -169,11 +170,21 @@ def bench_projection(args) -> list[dict]:
             t_gemm, ref = wall(lambda: torch.matmul(J, s_dense), args.repeats)
             t_proj, got = wall(lambda: sk.project(J), args.repeats)
             err = float((got - ref).abs().max() / ref.abs().max())
+            again = sk.project(J)
+            _sync()
+            reproducible = bool(torch.equal(got, again))  # no atomics: the same bits every run
+            rows = J[:16].cpu().numpy()  # the CPU engine on a slice of the rows
+            cpu = sk.project(rows)
+            equal_cpu = bool(np.array_equal(got[:16].cpu().numpy(), cpu))
             res = {"kind": kind, "m": m, "p": p, "d": d, "gemm_fp32_s": t_gemm, "project_s": t_proj,
-                   "fraction": t_gemm / t_proj, "max_rel_err_vs_dense": err}
+                   "fraction": t_gemm / t_proj, "max_rel_err_vs_dense": err, "reproducible": reproducible,
+                   "bitwise_equal_cpu_16_rows": equal_cpu,
+                   "max_rel_err_vs_cpu": float(np.abs(got[:16].cpu().numpy() - cpu).max() / np.abs(cpu).max())}
             out.append(res)
             print(f"  {kind:<11} J {m} x {p}, d {d:>5}: dense GEMM {t_gemm * 1e3:8.2f} ms | project "
-                  f"{t_proj * 1e3:8.2f} ms = {res['fraction']:.2f} of GEMM | max rel err {err:.1e}", flush=True)
+                  f"{t_proj * 1e3:8.2f} ms = {res['fraction']:.2f} of GEMM | max rel err {err:.1e} | two runs "
+                  f"bitwise equal: {reproducible} | 16 rows bitwise equal to the CPU: {equal_cpu} "
+                  f"(max rel diff {res['max_rel_err_vs_cpu']:.1e})", flush=True)
             del J, s_dense, ref, got
             torch.cuda.empty_cache()
     return out
@@ -367,6 +378,15 @@ def main(argv=None) -> int:
     print(f"  [{verdict(ok)}] full screen at pool {s['n_pool']}, d {s['d']}: warm {s['warm_s']:.3f} s, cold "
           f"{s['cold_s']:.3f} s (target < {TARGET_SCREEN_SECONDS} s on an H100; this device: {results['device']}"
           f"{'' if on_h100 else ' -- not an H100, not comparable'})")
+    for r in results["projection"]:
+        ok = r["reproducible"]
+        targets.append({"target": f"{r['kind']} projection d {r['d']}: two runs bitwise equal", "value": ok, "pass": ok})
+        print(f"  [{verdict(ok)}] {r['kind']} projection at d {r['d']}: two runs bitwise equal")
+        if r["kind"] == "sparse_sign":  # same summation order as the CPU engine
+            ok = r["bitwise_equal_cpu_16_rows"]
+            targets.append({"target": f"sparse_sign projection d {r['d']}: bitwise equal to the CPU", "value": ok,
+                            "pass": ok})
+            print(f"  [{verdict(ok)}] sparse_sign projection at d {r['d']}: 16 rows bitwise equal to the CPU engine")
     for r in results.get("bmdal", []):
         want = TARGET_SPEEDUP[r["method"]]
         ok = r["speedup"] >= want

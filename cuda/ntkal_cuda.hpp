@@ -63,7 +63,9 @@ struct SketchSpec {
 // out (m x dim, ld ldo) += J (m x p_chunk, ld ldj) S[col_offset : col_offset + p_chunk, :], with S the
 // same matrix as the CPU ntkal::Sketch (philox.hpp). The sketch is generated on the fly, one tile of
 // parameters at a time, into scratch memory from the stream-ordered allocator. float64 J accumulates
-// in float64 and is rounded once, as on the CPU.
+// in float64 and is rounded once, as on the CPU. No atomics: the same inputs give the same bits on
+// every run; sparse_sign also gives the CPU's bits (same summation order), gaussian agrees with the
+// CPU within float rounding (its K split orders the sums differently).
 void sketch_project(const SketchSpec& s, const float* j, int64_t m, int64_t p_chunk, int64_t ldj,
                     int64_t col_offset, float* out, int64_t ldo, void* stream);
 void sketch_project(const SketchSpec& s, const double* j, int64_t m, int64_t p_chunk, int64_t ldj,

@@ -9,15 +9,20 @@ The first block of tests runs everywhere: it checks what a CPU-only machine must
 from __future__ import annotations
 
 import importlib.util
+import pathlib
+import re
 import shutil
 
 import numpy as np
 import pytest
+import _device_sketch_model as sketch_model
 
 import ntkal
 from ntkal._device import is_device_array, to_numpy
 from ntkal.backends import cuda as cb
 from ntkal._loader import _core
+
+CUDA_DIR = pathlib.Path(__file__).resolve().parents[1] / "cuda"
 
 N_DEVICES = cb.device_count()
 NO_GPU_REASON = (f"no usable CUDA device (CUDA backend compiled: {cb.compiled()}, "
@@ -109,6 +114,42 @@ def test_cuda_input_without_device_is_a_clear_error(call):
             ntkal.Sketch(8, 4).project(fake)
 
 
+# ---- everywhere: the device algorithms' bookkeeping, modelled in NumPy ---------------------------------------
+
+@pytest.mark.parametrize("m,n_params,dim,nnz,col_offset,table_bytes", [
+    (5, 3000, 96, 1, 0, None),           # one entry per parameter
+    (7, 2500, 700, 8, 1234, None),       # whole-parameter sub-tiles of 256 parameters
+    (4, 4000, 300, 3, 5, 1 << 15),       # smaller tables: two passes
+    (3, 20, 2600, 2100, 0, None),        # nnz above one sub-tile: sub-tiles split parameters
+])
+def test_sparse_device_model_equals_cpu_bitwise(gen, ref, monkeypatch, m, n_params, dim, nnz, col_offset,
+                                                table_bytes):
+    """The GPU's sparse-sign projection order (cuda/sketch.cu), modelled in NumPy, gives the CPU's bits."""
+    if table_bytes:
+        monkeypatch.setattr(sketch_model, "TABLE_BYTES", table_bytes)
+        assert sketch_model.pass_params(nnz, dim) < n_params
+    sk = ntkal.Sketch(n_params + col_offset, dim, kind="sparse_sign", seed=13, nnz=nnz)
+    J = gen.rows(m, n_params)
+    J[:, 3:40] = 0.0
+    for dtype in (np.float32, np.float64):
+        Jt = J.astype(dtype) * dtype(1.0 + 2.0**-30)  # float64 J carries bits float32 cannot hold
+        base = gen.rows(m, dim)
+        cpu = sk.project(Jt, col_offset=col_offset, out=base.copy())
+        model, acc = sketch_model.sparse_project(Jt, col_offset, base, dim, 13, nnz, ref.sparse_sign_entries)
+        # every float64 sum in the CPU loop's order (the final float32 rounding would hide most slips)
+        np.testing.assert_array_equal(acc, sketch_model.cpu_order_sums(Jt, col_offset, dim, 13, nnz,
+                                                                       ref.sparse_sign_entries))
+        np.testing.assert_array_equal(model, cpu)
+
+
+def test_sparse_device_model_follows_the_kernels():
+    src = (CUDA_DIR / "sketch.cu").read_text()
+    for name, value in (("kEntryBits", sketch_model.ENTRY_BITS), ("kSubParams", sketch_model.SUB_PARAMS)):
+        assert int(re.search(rf"{name} = (\d+);", src).group(1)) == value
+    assert "kTableBytes = int64_t(1) << 24;" in src and sketch_model.TABLE_BYTES == 1 << 24
+    assert "kSortThreads = 256, kSortItems = 8;" in src and sketch_model.SUB_ENTRIES == 256 * 8
+
+
 # ---- GPU parity --------------------------------------------------------------------------------------------
 
 def _torch():
@@ -178,7 +219,38 @@ class TestGpuParity:
         out = sk.project(_dev(J, lib), col_offset=1500)
         assert type(out).__module__.split(".")[0] == lib
         assert tuple(out.shape) == (37, 96)
+        if kind == "sparse_sign":  # the CPU's chain per output, term for term
+            np.testing.assert_array_equal(_host(out), cpu)
         np.testing.assert_allclose(_host(out), cpu, rtol=1e-5, atol=1e-5 * np.abs(cpu).max())
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_project_is_reproducible(self, gen, kind, dtype):
+        """Few rows and many parameters: the case the GPU splits over parameters. Same bits every run."""
+        torch = _torch()
+        sk = ntkal.Sketch(120_000, 200, kind=kind, seed=4, nnz=3)
+        J = _dev(gen.rows(24, 120_000, dtype=dtype))
+        base = _dev(gen.rows(24, 200))
+        runs = [sk.project(J, out=base.clone()) for _ in range(4)]
+        for other in runs[1:]:
+            assert torch.equal(other, runs[0])
+
+    @pytest.mark.parametrize("m,n_params,dim,nnz,col_offset", [
+        (5, 40_000, 96, 1, 0),          # one entry per parameter
+        (19, 30_000, 700, 8, 1234),     # two column groups of the gather, rows not a multiple of 8
+        (8, 1_000_000, 3000, 3, 7),     # several passes of per-column lists
+        (3, 3_000, 3000, 2500, 0),      # nnz above one sub-tile: sub-tiles split parameters
+    ])
+    def test_sparse_project_equals_cpu_bitwise(self, gen, m, n_params, dim, nnz, col_offset):
+        sk = ntkal.Sketch(n_params + col_offset, dim, kind="sparse_sign", seed=21, nnz=nnz)
+        J = gen.rows(m, n_params)
+        J[:, 10:300] = 0.0
+        for dtype in (np.float32, np.float64):
+            Jt = J.astype(dtype)
+            base = gen.rows(m, dim)
+            cpu = sk.project(Jt, col_offset=col_offset, out=base.copy())
+            gpu = sk.project(_dev(Jt), col_offset=col_offset, out=_dev(base))
+            np.testing.assert_array_equal(_host(gpu), cpu)
 
     def test_project_rejects_non_finite_j(self, gen):
         J = gen.rows(4, 100)
