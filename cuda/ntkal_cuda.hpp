@@ -94,10 +94,11 @@ void top_k(const double* values, const int64_t* indices, int64_t n, int64_t base
            int64_t* out_indices, void* stream);
 
 // ---- batch selection ----------------------------------------------------------------------------
-// Greedy PV with block Woodbury updates, all in float64 on the device (same picks as the CPU's lazy
-// float64 greedy). whiten: M = sqrt(c) L^{-1} as float64 (dim x dim). offsets_host and offsets_dev
-// hold the same (n_blocks + 1) offsets (nullptr both: one row per block). Synchronises once per
-// pick (the next update's sizes depend on the picked block). out_*: device arrays of n entries.
+// Greedy PV with block Woodbury updates, all in float64 on the device, lazy like the CPU's (same
+// picks: plain greedy, ties -> lower index). Device memory O(n_blocks + n_picked_rows x dim): the
+// whitened pool is never stored. whiten: M = sqrt(c) L^{-1} as float64 (dim x dim). offsets_host and
+// offsets_dev hold the same (n_blocks + 1) offsets (nullptr both: one row per block). Synchronises
+// once per pick and once per activation batch. out_*: device arrays of n entries.
 void select_greedy_pv(const float* rows, int64_t n_rows, int64_t dim, const int64_t* offsets_host,
                       const int64_t* offsets_dev, int64_t n_blocks, const double* whiten, double noise_var, int64_t n,
                       int64_t* out_indices, double* out_scores, void* stream);
