@@ -5,6 +5,9 @@
 #   2. builds and installs ntkal from this tree (no build isolation, no downloads; Hopper code only
 #      unless NTKAL_CUDA_ARCHITECTURES says otherwise);
 #   3. runs the GPU tests (tests/test_cuda.py, tests/test_device_path.py) and bench/gpu_engine.py;
+#      among them: lazy greedy PV picks = reference/CPU and its scratch << the whitened pool, sketch
+#      projections bitwise equal over runs (sparse sign: equal to the CPU); the bench's Targets list
+#      greedy PV >= 5x bmdal_reg on the same GPU with <= 1/4 of its memory, two-run bitwise equality;
 #   4. writes everything under OUT_DIR: log.txt, build_info.json, pytest_gpu.txt, gpu_engine.txt/json.
 # Budget: ~8 minutes (build ~2-3, tests ~1, bench --quick ~2-4).
 #

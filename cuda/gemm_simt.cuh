@@ -176,7 +176,10 @@ __device__ void simt_tile(const TA* __restrict__ A, int64_t lda, const TB* __res
   }
 }
 
-// ---- plain GEMM: C = alpha * A op(B) + beta * C, optionally split over K with atomics ------------
+// ---- plain GEMM: C = alpha * A op(B) + beta * C, optionally split over K ---------------------------
+// A K split writes each split's partial product to its own slice of a workspace, and a second kernel
+// adds the slices to C in split order: no atomics, so the result is the same bits on every run. The
+// split count depends only on the shapes, never on the device.
 
 template <class TA, class TB, class T>
 struct GemmArgs {
@@ -188,7 +191,8 @@ struct GemmArgs {
   int64_t ldc;
   int64_t m, n, k;
   T alpha, beta;
-  int64_t k_split;  // K range per blockIdx.z (multiple of BK); atomics when gridDim.z > 1
+  int64_t k_split;  // K range per blockIdx.z (multiple of BK)
+  T* partial;       // gridDim.z > 1: split z writes its m x n product to partial + z * m * n
 };
 
 template <class TA, class TB, class T, bool kTransB>
@@ -201,7 +205,7 @@ __global__ void __launch_bounds__(kSimtThreads) gemm_kernel(GemmArgs<TA, TB, T> 
   T acc[C::TM][C::TN];
   simt_tile<TA, TB, T, kTransB>(g.a, g.lda, g.b, g.ldb, g.m, g.n, r0, c0, k_begin, k_end, sm, acc);
   const int tx = simt_tx(), ty = simt_ty();
-  const bool split = gridDim.z > 1;
+  T* slice = gridDim.z > 1 ? g.partial + static_cast<int64_t>(blockIdx.z) * g.m * g.n : nullptr;
 #pragma unroll
   for (int i = 0; i < C::TM; ++i) {
     const int64_t r = r0 + simt_row<T>(ty, i);
@@ -210,22 +214,38 @@ __global__ void __launch_bounds__(kSimtThreads) gemm_kernel(GemmArgs<TA, TB, T> 
     for (int j = 0; j < C::TN; ++j) {
       const int64_t c = c0 + simt_col<T>(tx, j);
       if (c >= g.n) continue;
-      T* p = g.c + r * g.ldc + c;
-      if (split)
-        atomicAdd(p, g.alpha * acc[i][j]);  // beta == 1 is required with a K split (checked on the host)
-      else
+      if (slice) {
+        slice[r * g.n + c] = acc[i][j];
+      } else {
+        T* p = g.c + r * g.ldc + c;
         *p = g.beta == T(0) ? g.alpha * acc[i][j] : fma(g.alpha, acc[i][j], g.beta * *p);
+      }
     }
   }
 }
 
-// Host launcher. With split_k, partial products are added atomically (requires beta == 1).
+// C += alpha * (slice 0 + slice 1 + ...), each element summed in split order (beta == 1 with a split).
+template <class T>
+__global__ void splitk_reduce_kernel(const T* __restrict__ partial, int64_t splits, int64_t m, int64_t n, T alpha,
+                                     T* __restrict__ c, int64_t ldc) {
+  const int64_t total = m * n;
+  for (int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; idx < total;
+       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    T* p = c + (idx / n) * ldc + idx % n;
+    T v = *p;
+    for (int64_t z = 0; z < splits; ++z) v = fma(alpha, partial[z * total + idx], v);
+    *p = v;
+  }
+}
+
+// Host launcher. allow_split_k (requires beta == 1): split K when the output alone cannot fill the
+// GPU; partial products go to stream-ordered scratch and are added in split order (deterministic).
 template <class TA, class TB, class T, bool kTransB>
 void gemm(const TA* a, int64_t lda, const TB* b, int64_t ldb, T* c, int64_t ldc, int64_t m, int64_t n, int64_t k,
           T alpha, T beta, cudaStream_t stream, bool allow_split_k = false) {
   using C = Simt<T>;
   if (m <= 0 || n <= 0) return;
-  GemmArgs<TA, TB, T> g{a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, k > 0 ? k : 1};
+  GemmArgs<TA, TB, T> g{a, lda, b, ldb, c, ldc, m, n, k, alpha, beta, k > 0 ? k : 1, nullptr};
   const int64_t tiles_m = ceil_div(m, C::BM), tiles_n = ceil_div(n, C::BN);
   int64_t splits = 1;
   if (allow_split_k && beta == T(1) && k > 0) {
@@ -241,8 +261,17 @@ void gemm(const TA* a, int64_t lda, const TB* b, int64_t ldb, T* c, int64_t ldc,
   require(tiles_n <= 65535, "CUDA gemm: too many column tiles");
   dim3 grid(static_cast<unsigned>(tiles_m), static_cast<unsigned>(tiles_n), static_cast<unsigned>(splits));
   if (k <= 0 && beta == T(1)) return;  // nothing to add
+  Scratch<T> partial;
+  if (splits > 1) {
+    partial.reset(splits * m * n, stream);  // <= 264 tiles' worth: tiles_m * tiles_n * splits <= 264
+    g.partial = partial.get();
+  }
   gemm_kernel<TA, TB, T, kTransB><<<grid, kSimtThreads, 0, stream>>>(g);
   NTKAL_CUDA_LAUNCHED("gemm_kernel");
+  if (splits > 1) {
+    splitk_reduce_kernel<T><<<grid_for(m * n, 256), 256, 0, stream>>>(partial.get(), splits, m, n, alpha, c, ldc);
+    NTKAL_CUDA_LAUNCHED("splitk_reduce_kernel");
+  }
 }
 
 }  // namespace ntkal::cuda::detail

@@ -63,7 +63,9 @@ struct SketchSpec {
 // out (m x dim, ld ldo) += J (m x p_chunk, ld ldj) S[col_offset : col_offset + p_chunk, :], with S the
 // same matrix as the CPU ntkal::Sketch (philox.hpp). The sketch is generated on the fly, one tile of
 // parameters at a time, into scratch memory from the stream-ordered allocator. float64 J accumulates
-// in float64 and is rounded once, as on the CPU.
+// in float64 and is rounded once, as on the CPU. No atomics: the same inputs give the same bits on
+// every run; sparse_sign also gives the CPU's bits (same summation order), gaussian agrees with the
+// CPU within float rounding (its K split orders the sums differently).
 void sketch_project(const SketchSpec& s, const float* j, int64_t m, int64_t p_chunk, int64_t ldj,
                     int64_t col_offset, float* out, int64_t ldo, void* stream);
 void sketch_project(const SketchSpec& s, const double* j, int64_t m, int64_t p_chunk, int64_t ldj,
@@ -92,10 +94,11 @@ void top_k(const double* values, const int64_t* indices, int64_t n, int64_t base
            int64_t* out_indices, void* stream);
 
 // ---- batch selection ----------------------------------------------------------------------------
-// Greedy PV with block Woodbury updates, all in float64 on the device (same picks as the CPU's lazy
-// float64 greedy). whiten: M = sqrt(c) L^{-1} as float64 (dim x dim). offsets_host and offsets_dev
-// hold the same (n_blocks + 1) offsets (nullptr both: one row per block). Synchronises once per
-// pick (the next update's sizes depend on the picked block). out_*: device arrays of n entries.
+// Greedy PV with block Woodbury updates, all in float64 on the device, lazy like the CPU's (same
+// picks: plain greedy, ties -> lower index). Device memory O(n_blocks + n_picked_rows x dim): the
+// whitened pool is never stored. whiten: M = sqrt(c) L^{-1} as float64 (dim x dim). offsets_host and
+// offsets_dev hold the same (n_blocks + 1) offsets (nullptr both: one row per block). Synchronises
+// once per pick and once per activation batch. out_*: device arrays of n entries.
 void select_greedy_pv(const float* rows, int64_t n_rows, int64_t dim, const int64_t* offsets_host,
                       const int64_t* offsets_dev, int64_t n_blocks, const double* whiten, double noise_var, int64_t n,
                       int64_t* out_indices, double* out_scores, void* stream);

@@ -9,15 +9,21 @@ The first block of tests runs everywhere: it checks what a CPU-only machine must
 from __future__ import annotations
 
 import importlib.util
+import pathlib
+import re
 import shutil
 
 import numpy as np
 import pytest
+import _device_sketch_model as sketch_model
+from _device_greedy_model import LazyGreedyModel
 
 import ntkal
 from ntkal._device import is_device_array, to_numpy
 from ntkal.backends import cuda as cb
 from ntkal._loader import _core
+
+CUDA_DIR = pathlib.Path(__file__).resolve().parents[1] / "cuda"
 
 N_DEVICES = cb.device_count()
 NO_GPU_REASON = (f"no usable CUDA device (CUDA backend compiled: {cb.compiled()}, "
@@ -109,6 +115,89 @@ def test_cuda_input_without_device_is_a_clear_error(call):
             ntkal.Sketch(8, 4).project(fake)
 
 
+# ---- everywhere: the device algorithms' bookkeeping, modelled in NumPy ---------------------------------------
+
+def _greedy_case(gen, layout):
+    d = 12
+    if layout == "one_row":
+        rows, offsets = gen.rows(1500, d), None
+    elif layout == "ragged":  # empty, one-row and multi-row blocks
+        offsets = gen.offsets(500, 0, 5)
+        rows = gen.rows(int(offsets[-1]), d)
+    else:  # every row has an identical twin elsewhere: exact ties, decided by the lower index
+        half = gen.rows(600, d)
+        rows, offsets = np.concatenate([half, half[gen.rng.permutation(600)]]), None
+    return rows, offsets, gen.rows(80, d), 0.05
+
+
+@pytest.mark.parametrize("layout", ["one_row", "ragged", "duplicates"])
+def test_lazy_device_greedy_model_picks_the_reference_sequence(gen, ref, layout):
+    """The GPU's lazy greedy PV (cuda/greedy_slots.cuh), step for step in NumPy, against plain greedy."""
+    rows, offsets, train, noise = _greedy_case(gen, layout)
+    whiten = ref.whitening_matrix(train, noise, False, rows.shape[1])
+    idx, scores, stats = LazyGreedyModel(rows, offsets, whiten, noise, first_activation=64).select(30)
+    ref_idx, ref_scores = ref.greedy_pv(rows, offsets, 30, train, None, noise)
+    np.testing.assert_array_equal(idx, ref_idx)
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-9)
+    assert len(stats.activations) >= 2  # the path that activates more blocks mid-selection ran
+
+
+def test_lazy_device_greedy_model_touches_few_blocks(gen, ref):
+    """A pool whose PV sits in a few blocks: the lazy order activates and refreshes a small part of it."""
+    d, n_pool = 16, 4000
+    train = gen.rows(400, d)
+    rows = gen.rows(n_pool, d, scale=0.05)  # mostly explained by the training set
+    rows[::97] = gen.rows(len(rows[::97]), d, scale=3.0)  # 42 structures carry the variance
+    whiten = ref.whitening_matrix(train, 1e-2, False, d)
+    idx, _, stats = LazyGreedyModel(rows, None, whiten, 1e-2, first_activation=64).select(20)
+    ref_idx, _ = ref.greedy_pv(rows, None, 20, train, None, 1e-2)
+    np.testing.assert_array_equal(idx, ref_idx)
+    assert max(stats.activations) <= n_pool // 16
+    assert stats.refreshes < stats.eager_terms // 20
+
+
+def test_lazy_device_greedy_model_follows_the_kernels():
+    """The model's activation rule is the one cuda/greedy_pv.cu implements."""
+    src = (CUDA_DIR / "greedy_pv.cu").read_text()
+    first = int(re.search(r"kFirstActivation = (\d+);", src).group(1))
+    assert first == LazyGreedyModel.__init__.__defaults__[0]
+    assert "active_ + std::max(kFirstActivation, active_)" in src
+
+
+@pytest.mark.parametrize("m,n_params,dim,nnz,col_offset,table_bytes", [
+    (5, 3000, 96, 1, 0, None),           # one entry per parameter
+    (7, 2500, 700, 8, 1234, None),       # whole-parameter sub-tiles of 256 parameters
+    (4, 4000, 300, 3, 5, 1 << 15),       # smaller tables: two passes
+    (3, 20, 2600, 2100, 0, None),        # nnz above one sub-tile: sub-tiles split parameters
+])
+def test_sparse_device_model_equals_cpu_bitwise(gen, ref, monkeypatch, m, n_params, dim, nnz, col_offset,
+                                                table_bytes):
+    """The GPU's sparse-sign projection order (cuda/sketch.cu), modelled in NumPy, gives the CPU's bits."""
+    if table_bytes:
+        monkeypatch.setattr(sketch_model, "TABLE_BYTES", table_bytes)
+        assert sketch_model.pass_params(nnz, dim) < n_params
+    sk = ntkal.Sketch(n_params + col_offset, dim, kind="sparse_sign", seed=13, nnz=nnz)
+    J = gen.rows(m, n_params)
+    J[:, 3:40] = 0.0
+    for dtype in (np.float32, np.float64):
+        Jt = J.astype(dtype) * dtype(1.0 + 2.0**-30)  # float64 J carries bits float32 cannot hold
+        base = gen.rows(m, dim)
+        cpu = sk.project(Jt, col_offset=col_offset, out=base.copy())
+        model, acc = sketch_model.sparse_project(Jt, col_offset, base, dim, 13, nnz, ref.sparse_sign_entries)
+        # every float64 sum in the CPU loop's order (the final float32 rounding would hide most slips)
+        np.testing.assert_array_equal(acc, sketch_model.cpu_order_sums(Jt, col_offset, dim, 13, nnz,
+                                                                       ref.sparse_sign_entries))
+        np.testing.assert_array_equal(model, cpu)
+
+
+def test_sparse_device_model_follows_the_kernels():
+    src = (CUDA_DIR / "sketch.cu").read_text()
+    for name, value in (("kEntryBits", sketch_model.ENTRY_BITS), ("kSubParams", sketch_model.SUB_PARAMS)):
+        assert int(re.search(rf"{name} = (\d+);", src).group(1)) == value
+    assert "kTableBytes = int64_t(1) << 24;" in src and sketch_model.TABLE_BYTES == 1 << 24
+    assert "kSortThreads = 256, kSortItems = 8;" in src and sketch_model.SUB_ENTRIES == 256 * 8
+
+
 # ---- GPU parity --------------------------------------------------------------------------------------------
 
 def _torch():
@@ -178,7 +267,38 @@ class TestGpuParity:
         out = sk.project(_dev(J, lib), col_offset=1500)
         assert type(out).__module__.split(".")[0] == lib
         assert tuple(out.shape) == (37, 96)
+        if kind == "sparse_sign":  # the CPU's chain per output, term for term
+            np.testing.assert_array_equal(_host(out), cpu)
         np.testing.assert_allclose(_host(out), cpu, rtol=1e-5, atol=1e-5 * np.abs(cpu).max())
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_project_is_reproducible(self, gen, kind, dtype):
+        """Few rows and many parameters: the case the GPU splits over parameters. Same bits every run."""
+        torch = _torch()
+        sk = ntkal.Sketch(120_000, 200, kind=kind, seed=4, nnz=3)
+        J = _dev(gen.rows(24, 120_000, dtype=dtype))
+        base = _dev(gen.rows(24, 200))
+        runs = [sk.project(J, out=base.clone()) for _ in range(4)]
+        for other in runs[1:]:
+            assert torch.equal(other, runs[0])
+
+    @pytest.mark.parametrize("m,n_params,dim,nnz,col_offset", [
+        (5, 40_000, 96, 1, 0),          # one entry per parameter
+        (19, 30_000, 700, 8, 1234),     # two column groups of the gather, rows not a multiple of 8
+        (8, 1_000_000, 3000, 3, 7),     # several passes of per-column lists
+        (3, 3_000, 3000, 2500, 0),      # nnz above one sub-tile: sub-tiles split parameters
+    ])
+    def test_sparse_project_equals_cpu_bitwise(self, gen, m, n_params, dim, nnz, col_offset):
+        sk = ntkal.Sketch(n_params + col_offset, dim, kind="sparse_sign", seed=21, nnz=nnz)
+        J = gen.rows(m, n_params)
+        J[:, 10:300] = 0.0
+        for dtype in (np.float32, np.float64):
+            Jt = J.astype(dtype)
+            base = gen.rows(m, dim)
+            cpu = sk.project(Jt, col_offset=col_offset, out=base.copy())
+            gpu = sk.project(_dev(Jt), col_offset=col_offset, out=_dev(base))
+            np.testing.assert_array_equal(_host(gpu), cpu)
 
     def test_project_rejects_non_finite_j(self, gen):
         J = gen.rows(4, 100)
@@ -349,6 +469,44 @@ class TestGpuParity:
         gpu = ntkal.select(_dev(rows), offsets, 25, method="greedy_pv", posterior=post)
         np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
         np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-8)
+
+    @pytest.mark.parametrize("layout", ["one_row", "ragged", "duplicates"])
+    def test_greedy_pv_matches_reference_across_activations(self, gen, ref, layout):
+        """Pools larger than the first activation batch (4096 blocks), with exact ties and empty blocks:
+        the lazy device path picks plain greedy's sequence, like the CPU."""
+        d, n = 24, 40
+        if layout == "one_row":
+            rows, offsets = gen.rows(9000, d), None
+        elif layout == "ragged":
+            offsets = gen.offsets(6000, 0, 4)
+            rows = gen.rows(int(offsets[-1]), d)
+        else:
+            half = gen.rows(5000, d)
+            rows, offsets = np.concatenate([half, half[gen.rng.permutation(5000)]]), None
+        train, noise = gen.rows(200, d), 0.05
+        post = ntkal.Posterior(d, noise_var=noise, precision="float64").add(train)
+        gpu = ntkal.select(_dev(rows), offsets, n, method="greedy_pv", posterior=post)
+        cpu = ntkal.select(rows, offsets, n, method="greedy_pv", posterior=post)
+        ref_idx, ref_scores = ref.greedy_pv(rows, offsets, n, train, None, noise)
+        np.testing.assert_array_equal(_host(gpu.indices), ref_idx)
+        np.testing.assert_array_equal(cpu.indices, ref_idx)
+        np.testing.assert_allclose(_host(gpu.scores), ref_scores, rtol=1e-8)
+
+    def test_greedy_pv_holds_no_whitened_pool(self, gen):
+        """Device scratch stays far below the float64 whitened pool (rows x d x 8 bytes) that a non-lazy
+        path holds."""
+        torch = _torch()
+        d, n_pool = 256, 100_000
+        post = _posterior(gen, d, noise_var=1e-2, n_train=2000)
+        rows = torch.randn(n_pool, d, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) / d ** 0.5
+        device = torch.cuda.current_device()
+        torch.cuda.synchronize()
+        _core.cuda.scratch_peak_bytes(device, True)
+        sel = ntkal.select(rows, None, 64, method="greedy_pv", posterior=post)
+        torch.cuda.synchronize()
+        peak = _core.cuda.scratch_peak_bytes(device, False)
+        assert _host(sel.indices).size == 64
+        assert peak < n_pool * d * 8 / 8, f"scratch peak {peak / 2**20:.1f} MiB"
 
     @pytest.mark.parametrize("method", ["lcmd", "maxdist"])
     @pytest.mark.parametrize("with_train", [False, True])

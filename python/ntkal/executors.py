@@ -8,6 +8,7 @@ the run, never pickled per task) and each phase's context once; structures trave
 from __future__ import annotations
 
 import contextlib
+import uuid
 
 from .errors import InvalidArgumentError
 from .screen import ChunkContext, ChunkResult, run_chunk
@@ -72,6 +73,7 @@ class DaskExecutor:
     def run(self, ctx: ChunkContext, tasks):
         distributed = _dask("acquire")
         ctx_future = self.client.scatter(ctx, broadcast=True, hash=False)
+        run_token = uuid.uuid4().hex
         limit = self.window * self.n_workers
         pending = distributed.as_completed()
         tasks = iter(tasks)
@@ -83,7 +85,7 @@ class DaskExecutor:
             if task is None:
                 return False
             pending.add(self.client.submit(run_chunk, self._featurizer, ctx_future, task, pure=False,
-                                           retries=2, key=f"ntkal-{task.label}-{task.start}-{id(ctx)}"))
+                                           retries=2, key=_task_key(task, run_token)))
             in_flight += 1
             return True
 
@@ -104,6 +106,13 @@ class DaskExecutor:
             if cluster is not None:
                 with contextlib.suppress(Exception):
                     cluster.close()
+
+
+def _task_key(task, run_token: str) -> str:
+    """The Dask key of one chunk task of one run. The scheduler shares keys between all its clients and
+    returns a held result to anyone who submits the same key, so the key carries a random token per run
+    (an object's ``id`` repeats across processes and after garbage collection)."""
+    return f"ntkal-{task.label}-{task.start}-{run_token}"
 
 
 def executor_for(client=None, workers: int = 1, *, where: str = "acquire", scheduler: str | None = None):

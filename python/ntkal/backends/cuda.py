@@ -503,7 +503,8 @@ def _selection_outputs(rows: _Dev, n: int):
 
 
 def greedy_pv(post, b: BlockArgs, n: int):
-    """Greedy PV in float64 on the device (same picks as the CPU); synchronises once per pick."""
+    """Greedy PV in float64 on the device, lazy like the CPU's (same picks); device memory grows with the
+    block count and the picked rows, not with the pool's rows x dim. Synchronises once per pick."""
     rows = b.rows
     lib = rows.lib
     idx, scores = _selection_outputs(rows, n)
