@@ -17,7 +17,7 @@ row-wise) moves to the loop, with a warning naming it.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -26,22 +26,24 @@ from .batched import GradientPlan, per_structure_gradients
 from .functional import FunctionalModel
 from .jacobian import RowSpec, displaced, iter_row_batches
 
-__all__ = ["BatchedRows", "plan_batches"]
+__all__ = ["BatchedRows", "grouped"]
 
 
-def plan_batches(sizes, budget: int, max_structures: int) -> list[list[int]]:
-    """Consecutive groups of structure indices: at most ``max_structures`` per group and at most ``budget``
-    rows in all (a structure larger than the budget forms a group of its own)."""
-    groups, current, used = [], [], 0
-    for i, size in enumerate(sizes):
-        if current and (used + size > budget or len(current) == max_structures):
-            groups.append(current)
-            current, used = [], 0
-        current.append(i)
-        used += int(size)
-    if current:
-        groups.append(current)
-    return groups
+def grouped(graphs: Iterable, size, budget: int, max_structures: int) -> Iterator[tuple[list[int], list]]:
+    """Consecutive groups ``(indices, graphs)`` of at most ``max_structures`` graphs and at most ``budget`` rows
+    in all (``size(graph)`` each; a graph larger than the budget forms a group of its own), as the graphs
+    arrive: a group is handed on while later graphs are still being built."""
+    indices, members, used = [], [], 0
+    for i, graph in enumerate(graphs):
+        rows = int(size(graph))
+        if members and (used + rows > budget or len(members) == max_structures):
+            yield indices, members
+            indices, members, used = [], [], 0
+        indices.append(i)
+        members.append(graph)
+        used += rows
+    if members:
+        yield indices, members
 
 
 class BatchedRows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 
 import numpy as np
 import torch
@@ -13,8 +14,9 @@ from ..options import FORCE_METHODS, KERNELS, KERNELS_WITH_ENERGY_ROW, KERNELS_W
 from ..progress import bar as progress_bar
 from ..sketch import Sketch
 from ..errors import InvalidArgumentError
-from .batch_rows import BatchedRows, plan_batches
+from .batch_rows import BatchedRows, grouped
 from .functional import FunctionalModel
+from .graph_feed import GraphFeed
 from .jacobian import RowSpec, chunk_plan, iter_row_batches
 from .loss import Loss
 
@@ -78,6 +80,10 @@ class Featurizer:
     batch_size : int or None
         Most structures per pass (also bounds the (B, P) gradient buffers: 2 B P numbers). None: 32 on a
         CPU, 512 on a GPU.
+    graph_workers : int or None
+        Processes that build the structures' graphs (neighbour lists) ahead of the batched passes
+        (:class:`ntkal.torch.graph_feed.GraphFeed`). None: 0 for a model on the CPU (the cores run the
+        passes), min(8, cores - 1) for a model on a GPU.
     threads : int or None
         torch intra-op threads while computing rows in this process (default 1: the rows are
         many small reverse passes, for which extra threads cost more in synchronisation than
@@ -93,7 +99,8 @@ class Featurizer:
                  energy_weight: float = 1.0, force_weight: float = 1.0, params=None, nnz: int = 4,
                  chunk_size: int = 65536, row_batch: int = 8, threads: int | None = 1,
                  loss=None, progress: bool = False, force_method: str | None = None,
-                 difference_step: float | None = None, batch_budget: int | None = None, batch_size: int | None = None):
+                 difference_step: float | None = None, batch_budget: int | None = None, batch_size: int | None = None,
+                 graph_workers: int | None = None):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
             raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
@@ -113,9 +120,10 @@ class Featurizer:
             if kernel in KERNELS_WITHOUT_FORCE_ROWS:
                 raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
                               "(it has no force rows); use kernel='force' or 'joint'")
-        for name, value in (("batch_budget", batch_budget), ("batch_size", batch_size)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-                raise InvalidArgumentError(f"{where}: {name} must be None or an integer >= 1; got {value!r}")
+        for name, value, low in (("batch_budget", batch_budget, 1), ("batch_size", batch_size, 1),
+                                 ("graph_workers", graph_workers, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
+                raise InvalidArgumentError(f"{where}: {name} must be None or an integer >= {low}; got {value!r}")
         if force_method is None:
             force_method = "autograd" if force_rows == "exact" else "difference"
         choice(force_method, FORCE_METHODS, where, "force_method")
@@ -160,6 +168,8 @@ class Featurizer:
         self.difference_step = float(difference_step)
         self.batch_budget = None if batch_budget is None else int(batch_budget)
         self.batch_size = None if batch_size is None else int(batch_size)
+        self.graph_workers = None if graph_workers is None else int(graph_workers)
+        self._feed = None
         self.rowspec = None if kernel == "embedding" else RowSpec(
             energy=kernel in KERNELS_WITH_ENERGY_ROW,
             force=None if kernel in KERNELS_WITHOUT_FORCE_ROWS else self.force_rows,
@@ -174,6 +184,7 @@ class Featurizer:
         state["_sketch"] = None
         state["_plan"] = None
         state["_batch_rows"] = None
+        state["_feed"] = None
         return state
 
     # ---- layout -----------------------------------------------------------------------
@@ -361,6 +372,14 @@ class Featurizer:
             return torch.zeros(shape, dtype=torch.float32, device=self.model.device)
         return np.zeros(shape, dtype=np.float32)
 
+    def _graph_feed(self) -> GraphFeed:
+        if self._feed is None:
+            workers = self.graph_workers
+            if workers is None:
+                workers = 0 if self.model.device.type == "cpu" else min(8, max((os.cpu_count() or 1) - 1, 0))
+            self._feed = GraphFeed(self.model.batched.graph, workers)
+        return self._feed
+
     def _batch_limits(self) -> tuple[int, int]:
         gpu = self.model.device.type != "cpu"
         budget = self.batch_budget or (1_000_000 if gpu else 32_000)
@@ -402,11 +421,10 @@ class Featurizer:
                 blocks.append(self.features(atoms))
                 bar.update(1)
         else:
-            budget, most = self._batch_limits()
             with self._threads():
-                graphs = source.graphs(structures)
-                for group in plan_batches([self.model.batched.size(g) for g in graphs], budget, most):
-                    blocks.extend(self._batched_features([structures[i] for i in group], [graphs[i] for i in group]))
+                for group, graphs in grouped(self._graph_feed().graphs(structures), self.model.batched.size,
+                                             *self._batch_limits()):
+                    blocks.extend(self._batched_features([structures[i] for i in group], graphs))
                     bar.update(len(group))
         bar.close()
         return Blocks.from_list(blocks)

@@ -89,8 +89,6 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
         raise InvalidArgumentError(f"ntkal.torch.models.chgnet: checkpoint {checkpoint} is not a CHGNet checkpoint: "
                       f"{type(exc).__name__}: {exc}") from exc
     net = net.to(device).eval()
-    from pymatgen.core import Lattice, Structure
-
     cutoff = float(net.model_args.get("atom_graph_cutoff", 6.0))
     trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
     frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
@@ -109,12 +107,10 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
             graph_cache[key] = build_graph(atoms)
         return graph_cache[key]
 
+    builder = _GraphBuilder(net.graph_converter, cutoff)
+
     def build_graph(atoms):
-        cell = periodic_cell(atoms, cutoff, "ntkal.torch.models.chgnet")  # slabs, molecules, cells alike
-        structure = Structure(Lattice(cell), atoms.get_chemical_symbols(), atoms.get_positions(),
-                              coords_are_cartesian=True, to_unit_cell=False)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            graph = net.graph_converter(structure)
+        graph = builder(atoms)
         return graph.to(str(device)) if str(device) != "cpu" else graph
 
     def with_positions(graph, positions):
@@ -155,12 +151,29 @@ def chgnet(version: str = "0.3.0", *, checkpoint: str | None = None, params="all
                 f"{where}: {arg} has {len(lonely)} atom(s) with no neighbour within CHGNet's {cutoff:g} A cutoff "
                 f"(atom {k}, {atoms[k].symbol}): CHGNet cannot place them in its graph")
 
-    batched = BatchedEnergy(net, build_graph, lambda graphs, positions: _batch_energies(net, graphs, positions),
+    batched = BatchedEnergy(net, builder, lambda graphs, positions: _batch_energies(net, graphs, positions),
                             _row_kinds(net), _graph_size)
     model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=CHGNET_READOUT,
                             check_fn=placeable, batched=batched,
                             supported_numbers=range(1, 95), name=name, embedding_dim=int(net.atom_fea_dim))
     return model.select(params)
+
+
+class _GraphBuilder:
+    """One structure's CHGNet graph on the host (CHGNet's converter on the cell :func:`periodic_cell` gives);
+    picklable, so worker processes can build graphs ahead."""
+
+    def __init__(self, converter, cutoff: float):
+        self.converter, self.cutoff = converter, float(cutoff)
+
+    def __call__(self, atoms):
+        from pymatgen.core import Lattice, Structure
+
+        cell = periodic_cell(atoms, self.cutoff, "ntkal.torch.models.chgnet")  # slabs, molecules, cells alike
+        structure = Structure(Lattice(cell), atoms.get_chemical_symbols(), atoms.get_positions(),
+                              coords_are_cartesian=True, to_unit_cell=False)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return self.converter(structure)
 
 
 def _row_kinds(net) -> list:
@@ -177,6 +190,13 @@ def _graph_size(graph) -> int:
     """Rows a CHGNet graph adds to a batch: atoms, directed edges, undirected bonds and angles."""
     return (int(graph.atomic_number.shape[0]) + int(graph.atom_graph.reshape(-1, 2).shape[0])
             + int(graph.undirected2directed.shape[0]) + int(graph.bond_graph.reshape(len(graph.bond_graph), -1).shape[0]))
+
+
+class _Numbers:
+    """What CHGNet's composition model reads of a graph."""
+
+    def __init__(self, atomic_number):
+        self.atomic_number = atomic_number
 
 
 def _offsets(counts: list) -> list:
@@ -231,7 +251,9 @@ def _batch_energies(net, graphs: list, positions: list):
             [g.directed2undirected + bond0[i] for i, g in enumerate(graphs)]),
         atom_positions=positions, strains=[None] * len(graphs), volumes=None)
     prediction = net._compute(batch)
-    per_atom = prediction["e"] + (0 if net.composition_model is None else net.composition_model(graphs))
+    per_atom = prediction["e"]
+    if net.composition_model is not None:  # AtomRef: a frozen per-element offset, evaluated where the model is
+        per_atom = per_atom + net.composition_model([_Numbers(g.atomic_number.to(device)) for g in graphs])
     energies = per_atom * torch.as_tensor(n_atoms, dtype=per_atom.dtype, device=device)
     owners = {"atoms": atom_owners, "edges": atom_owners[atom_graph[:, 0]], "bonds": structure_of(n_bonds),
               "angles": atom_owners[bond_graph[:, 0]] if with_angles else atom_owners[:0]}
