@@ -1,23 +1,29 @@
-"""Seconds per structure for NTK features with pretrained CHGNet: ntkal vs naive jacrev + dense projection.
+"""Featurization throughput: the batched featurizer against the per-structure loop and the model itself.
 
-Both sides run in this one process, one torch thread, on the same structures:
+One process, frozen code, methods interleaved round by round on the same structures, the same torch
+thread count for every method. Per (model, structure set, threads, device), structures per second of:
 
-* naive: ``torch.func.jacrev`` of (E, F) (or E, or (E, U F)) with respect to all parameters,
-  the dense (m, P) Jacobian, then ``J @ S`` with the sketch materialised as a dense P x d
-  float32 matrix (built once; its cost is reported separately and not charged per structure);
-* ntkal: :class:`ntkal.torch.Featurizer` (reverse passes over one retained force graph,
-  parameter-chunk streaming into the implicit sketch).
+* ``own E+F``  — the model's own batched energy + force evaluation, graphs built inside the timing
+  (CHGNet: ``CHGNet.forward(graphs, task="ef")`` as its ``predict_structure`` runs it; SevenNet/MACE: the
+  adapter's batched energies with forces by autograd, which is how their own force heads work);
+* ``batched``  — ``Featurizer(model)`` defaults (joint, k = 4 force rows by differences, d = 512), many
+  structures per pass;
+* ``loop``     — the previous default (one structure at a time, k = 4 exact mixed-derivative rows);
+* ``energy batched`` / ``energy loop`` — the energy kernel both ways.
 
-Accuracy: relative Frobenius error of the row kernel ``Phi Phi^T`` against the exact
-``J J^T`` (sketch error, exact rows), and posterior variances of Si 8 cells against the exact
-kernel-space PV computed from dense Jacobians (relative error and Spearman rank correlation,
-which is what acquisition consumes).
+Ratios printed: features over ``own E+F`` (cost per structure in units of the model's own evaluation)
+and batched over loop. Peak memory: RSS high-water mark on a CPU, ``torch.cuda.max_memory_allocated``
+on a GPU. ``--accuracy`` adds the estimator check: Gram error of k = 4 rows (loop's exact rows and the
+batched difference rows) against the exact joint Gram, and the Spearman correlation of pool PV on
+the demo pool between the two.
 
-Usage: python bench/features.py [--dim 512] [--repeats 3] [--k 4 8]
+Usage: python bench/features.py [--device cpu|cuda] [--threads 1 2] [--rounds 3] [--models chgnet]
+                                [--sets cells molecules] [--n 16] [--accuracy] [--json FILE]
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -25,217 +31,225 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "python"))
+sys.path.insert(0, os.path.dirname(__file__))
 
 
-def structures():
+def structure_set(name: str, n: int, seed: int = 0) -> list:
+    """``cells``: 32-atom Cu/CuAu fcc cells; ``molecules``: 6-14-atom molecules; ``molecules20``: 20-atom
+    C/H/O molecule pairs; all rattled, every structure different."""
     from ase import Atoms
     from ase.build import bulk, molecule
 
-    cells = []
-    for seed in range(2):
-        a = bulk("Si", "diamond", a=5.43, cubic=True)  # 8 atoms
-        a.rattle(0.05, seed=seed)
-        cells.append(a)
-    mols = []
-    for seed in range(2):  # trans-butane + methanol: 20 atoms, C/H/O, non-periodic
-        b = molecule("trans-butane")
-        m = molecule("CH3OH")
-        m.translate([0.0, 4.0, 0.0])
-        mol = Atoms(b) + Atoms(m)
-        mol.rattle(0.03, seed=seed)
-        mols.append(mol)
-    return cells, mols
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        if name == "cells":
+            a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
+            a.numbers[rng.choice(32, size=int(rng.integers(0, 9)), replace=False)] = 79
+        elif name == "molecules":
+            a = molecule(["CH3CH2OH", "C6H6", "CH3COOH", "CH3COCH3", "C2H6", "trans-butane", "CH3OCH3"][i % 7])
+        elif name == "molecules20":
+            a = Atoms(molecule("trans-butane")) + Atoms(molecule("CH3OH"))
+            a.positions[14:] += [0.0, 4.0, 0.0]
+        else:
+            raise SystemExit(f"unknown structure set {name!r}")
+        a.rattle(0.02 + 0.06 * rng.random(), seed=int(rng.integers(1 << 30)))
+        out.append(a)
+    return out
 
 
-def naive_features(model, atoms, S, rows: str, U=None):
-    """Per-structure jacrev of the row function, then a dense projection."""
+def load_model(name: str, device: str):
+    from ntkal.torch import models
+
+    return models.sevennet(device=device) if name == "sevennet" else models.load(name, device=device)
+
+
+def looped(model):
+    """The model without its batched evaluation (the featurizer then runs one structure at a time)."""
+    from ntkal.torch import FunctionalModel
+
+    return FunctionalModel(model.energy_fn, model.params, frozen=model.frozen, readout=model.readout,
+                           supported_numbers=model.supported_numbers, name=model.name)
+
+
+def own_energy_forces(name: str, model):
+    """The model's own batched energy + force evaluation of a list of structures (graphs built inside)."""
+    import contextlib
+    import io
+
     import torch
 
-    params = dict(model.params)
-    pos0 = model.positions(atoms)
-    model.energy(atoms)  # builds the model's graph outside the transform
+    b = model.batched
+    if name == "chgnet":
+        net = b.module
 
-    def energy(p):
-        return model.energy(atoms, p, pos0).reshape(1)
+        def run(structures):
+            graphs = [b.graph(a) for a in structures]
+            with contextlib.redirect_stdout(io.StringIO()):
+                out = net(graphs, task="ef")
+            return out["f"]
+        return run
 
-    def joint(p):
-        g = torch.func.grad(lambda x: model.energy(atoms, p, x))(pos0)
-        f = -g.reshape(-1)
-        e = model.energy(atoms, p, pos0).reshape(1)
-        return torch.cat([e, f if U is None else U @ f])
-
-    jac = torch.func.jacrev(energy if rows == "energy" else joint)(params)
-    J = torch.cat([jac[k].reshape(jac[k].shape[0], -1) for k in params], dim=1)
-    return (J @ S).numpy()
-
-
-class PeakRSS:
-    """Peak resident memory above the level at entry (MiB), sampled every 2 ms by a thread.
-
-    glibc is asked to hand freed heap pages back first (malloc_trim), so memory a previous
-    measurement freed but kept does not hide this one's growth.
-    """
-
-    def __enter__(self):
-        import ctypes
-        import threading
-
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except OSError:  # not glibc: the baseline may include cached pages
-            pass
-        self.page = os.sysconf("SC_PAGE_SIZE")
-        self.start = self.peak = self._rss()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._watch, daemon=True)
-        self.thread.start()
-        return self
-
-    def _rss(self):
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * self.page
-
-    def _watch(self):
-        while not self.stop.wait(0.002):
-            self.peak = max(self.peak, self._rss())
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-        self.peak = max(self.peak, self._rss())
-        self.mib = (self.peak - self.start) / 2**20
+    def run(structures):
+        graphs = [b.graph(a) for a in structures]
+        pos = [model.positions(a, requires_grad=True) for a in structures]
+        with torch.enable_grad():
+            energies, _ = b.energies(graphs, pos)
+            return torch.autograd.grad(energies.sum(), pos)
+    return run
 
 
-def timed(fn, repeats):
-    """(median seconds, output, peak working MiB over all calls including the warm-up)."""
-    peak = 0.0
-    with PeakRSS() as mem:
-        fn()  # warm-up (graph build caches, allocator)
-    peak = max(peak, mem.mib)
-    times = []
-    for _ in range(repeats):
-        with PeakRSS() as mem:
-            t = time.perf_counter()
-            out = fn()
-            times.append(time.perf_counter() - t)
-        peak = max(peak, mem.mib)
-    return float(np.median(times)), out, peak
+def methods(name: str, model, batch: int):
+    from ntkal.torch import Featurizer
+
+    loop = looped(model)
+    return {
+        "own E+F": own_energy_forces(name, model),
+        "batched": Featurizer(model, "joint", batch_size=batch, threads=None),
+        "loop": Featurizer(loop, "joint", force_method="autograd", threads=None),
+        "energy batched": Featurizer(model, "energy", batch_size=batch, threads=None),
+        "energy loop": Featurizer(loop, "energy", threads=None),
+    }
 
 
-def exact_pv(J_train, J_test, noise_var):
-    """tr[K(x,x) - K(x,T)(K(T,T) + s I)^-1 K(T,x)] from dense Jacobians (float64)."""
-    JT = np.concatenate(J_train).astype(np.float64)
-    KTT = JT @ JT.T + noise_var * np.eye(JT.shape[0])
-    out = []
-    for J in J_test:
-        J = J.astype(np.float64)
-        KxT = J @ JT.T
-        out.append(np.trace(J @ J.T) - np.sum(KxT * np.linalg.solve(KTT, KxT.T).T))
-    return np.array(out)
+def measure(fn, structures, device: str):
+    """(seconds, peak MiB) of one call."""
+    import torch
+
+    from _common import PeakRSS
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t = time.perf_counter()
+        fn(structures)
+        torch.cuda.synchronize()
+        return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**20
+    peak = PeakRSS().start()
+    t = time.perf_counter()
+    fn(structures)
+    return time.perf_counter() - t, peak.stop_mb()
+
+
+def throughput(args, name: str, model, set_name: str, threads: int) -> list[dict]:
+    import torch
+
+    torch.set_num_threads(threads)
+    structures = structure_set(set_name, args.n)
+    fns = methods(name, model, args.batch)
+    loop_share = max(1, args.n // args.loop_fraction)  # the loop is slow: time it on a subset
+    for key, fn in fns.items():  # warm-up: graph caches, allocator, the batched pass's one-time check
+        fn(structures[:2])
+    times = {k: [] for k in fns}
+    peaks = {k: 0.0 for k in fns}
+    for r in range(args.rounds):
+        order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]  # rotate: no method always first
+        for key in order:
+            subset = structures[:loop_share] if "loop" in key else structures
+            seconds, peak = measure(fns[key], subset, args.device)
+            times[key].append(seconds / len(subset))
+            peaks[key] = max(peaks[key], peak)
+    per = {k: float(np.median(v)) for k, v in times.items()}
+    rows = []
+    for key in fns:
+        rows.append({"model": name, "set": set_name, "threads": threads, "device": args.device, "method": key,
+                     "s_per_structure": per[key], "structures_per_s": 1.0 / per[key],
+                     "x_own": per[key] / per["own E+F"], "peak_mib": peaks[key],
+                     "n": loop_share if "loop" in key else args.n})
+    return rows
+
+
+def print_rows(rows: list[dict]) -> None:
+    print(f"\n{'model':9s} {'set':11s} {'thr':>3s} {'method':15s} {'str/s':>8s} {'s/str':>8s} {'x own E+F':>9s} "
+          f"{'peak MiB':>9s} {'n':>4s}")
+    for r in rows:
+        print(f"{r['model']:9s} {r['set']:11s} {r['threads']:3d} {r['method']:15s} {r['structures_per_s']:8.2f} "
+              f"{r['s_per_structure']:8.4f} {r['x_own']:9.2f} {r['peak_mib']:9.0f} {r['n']:4d}")
+    by = {(r["model"], r["set"], r["threads"], r["method"]): r for r in rows}
+    for (m, s, t, method), r in by.items():
+        if method in ("batched", "energy batched"):
+            loop = by[(m, s, t, method.replace("batched", "loop"))]
+            print(f"  {m} {s} {t} thread(s): {method} {loop['s_per_structure'] / r['s_per_structure']:.2f}x the loop")
+
+
+def spearman(a, b) -> float:
+    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def accuracy(args) -> dict:
+    """Gram error against exact joint rows (small structures) and PV rank agreement on the demo pool."""
+    import ntkal
+    from ntkal.demo_data import demo_structures
+    from ntkal.torch import Featurizer, models
+
+    model = models.chgnet()
+    loop = looped(model)
+    small = structure_set("molecules", 4, seed=1) + [a[:8] for a in structure_set("cells", 4, seed=2)]
+    for a in small[4:]:
+        a.cell = a.cell * 0.5  # 8-atom cubic cells
+        a.wrap()
+    exact = Featurizer(loop, "joint", force_rows="exact")  # energy row + all 3N force rows
+    ests = {"k=4 exact rows (loop)": Featurizer(loop, "joint", force_method="autograd"),
+            "k=4 difference rows (batched)": Featurizer(model, "joint")}
+    gram = lambda blocks: sum(b.astype(np.float64).T @ b.astype(np.float64) for b in blocks)  # noqa: E731
+    target = gram([exact.features(a) for a in small])
+    out = {"gram_error": {}}
+    for key, f in ests.items():
+        g = gram([f.features(a) for a in small])
+        out["gram_error"][key] = float(np.linalg.norm(g - target) / np.linalg.norm(target))
+    train, pool = demo_structures()
+    pv = {}
+    for key, f in ests.items():
+        post = ntkal.Posterior(f.dim, noise_var=1e-3, precision="float64").add(f(train))
+        pv[key] = np.asarray(post.variance(f(pool)))
+    a, b = pv.values()
+    out["pv_spearman_demo_pool"] = spearman(a, b)
+    out["pv_median_rel_diff"] = float(np.median(np.abs(a - b) / a))
+    print("\naccuracy (CHGNet): Gram error against the exact joint Gram (energy + 3N force rows) of 4 molecules "
+          "and 4 Cu/CuAu 8-atom cells")
+    for key, v in out["gram_error"].items():
+        print(f"  {key:32s} {v:.4f}")
+    print(f"  pool PV on the demo pool (train 20, pool 240): Spearman(loop exact rows, batched difference rows) = "
+          f"{out['pv_spearman_demo_pool']:.4f}, median relative PV difference {out['pv_median_rel_diff']:.4f}")
+    return out
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dim", type=int, default=512)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--k", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--noise-var", type=float, default=1e-3)
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", nargs="+", default=["chgnet"])
+    ap.add_argument("--sets", nargs="+", default=["cells", "molecules"])
+    ap.add_argument("--n", type=int, default=16, help="structures per set (the loop times n / loop-fraction)")
+    ap.add_argument("--loop-fraction", type=int, default=4)
+    ap.add_argument("--batch", type=int, default=None, help="Featurizer batch_size (default: the featurizer's)")
+    ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
-    import torch
+    import torch  # noqa: F401
 
-    import ntkal
-    from ntkal.torch import Featurizer, force_combinations, models
+    from _common import machine_info
 
-    torch.set_num_threads(1)
-    ntkal.set_num_threads(1)
-    from _common import code_version
+    info = machine_info()
+    print(f"# bench/features.py on {info['cpu']} ({info['cores']} cores), device {args.device}, commit {info['commit']}"
+          f"{' (with uncommitted changes)' if info['dirty'] else ''}, load average {info['loadavg']}")
+    rows = []
+    for name in args.models:
+        model = load_model(name, args.device)
+        for set_name in args.sets:
+            for threads in args.threads:
+                rows += throughput(args, name, model, set_name, threads)
+    print_rows(rows)
+    result = {"machine": info, "args": vars(args), "rows": rows}
+    if args.accuracy:
+        result["accuracy"] = accuracy(args)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=1)
 
-    version = code_version()
-    print(f"# bench/features.py: CHGNet 0.3.0, d={args.dim}, 1 torch thread, median of {args.repeats}; "
-          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; commit {version['commit']}"
-          f"{' (with uncommitted changes)' if version['dirty'] else ''}")
-    model = models.chgnet()
-    P = model.n_params
-    t = time.perf_counter()
-    sk = ntkal.Sketch(P, args.dim, kind="sparse_sign", seed=0)
-    S = np.empty((P, args.dim), dtype=np.float32)
-    for p0 in range(0, P, 65536):
-        S[p0:p0 + 65536] = sk.dense(p0, min(P, p0 + 65536))
-    S = torch.from_numpy(S)
-    print(f"naive one-time cost: dense P x d sketch ({P} x {args.dim}) {time.perf_counter() - t:.2f} s, "
-          f"{S.numel() * 4 / 2**20:.0f} MiB")
-
-    cells, mols = structures()
-    feats = {"energy": Featurizer(model, "energy", args.dim), "joint exact": Featurizer(model, "joint", args.dim)}
-    for k in args.k:
-        feats[f"joint k={k}"] = Featurizer(model, "joint", args.dim, force_rows=k)
-
-    print(f"\n{'structure':10s} {'features':13s} {'rows':>5s} {'naive s':>9s} {'ntkal s':>9s} {'speed-up':>9s} "
-          f"{'ntkal str/s':>11s} {'naive MiB':>9s} {'ntkal MiB':>9s}")
-    results = {}
-    for label, atoms in (("Si 8", cells[0]), ("mol 20", mols[0])):
-        for name, f in feats.items():
-            rows = "energy" if name == "energy" else "joint"
-            U = None
-            if name.startswith("joint k="):
-                U = torch.as_tensor(force_combinations(atoms, f.force_rows, f.seed), dtype=torch.float32)
-            t_naive, phi_naive, mb_naive = timed(lambda: naive_features(model, atoms, S, rows, U), args.repeats)
-            t_ours, phi, mb_ours = timed(lambda: f.features(atoms), args.repeats)
-            # the naive dense projection and ntkal's implicit one are the same sketch: same features
-            err = np.abs(phi - phi_naive).max() / np.abs(phi_naive).max()
-            results[label, name] = (t_naive, t_ours)
-            print(f"{label:10s} {name:13s} {phi.shape[0]:5d} {t_naive:9.3f} {t_ours:9.3f} {t_naive / t_ours:8.1f}x "
-                  f"{1 / t_ours:11.2f} {mb_naive:9.0f} {mb_ours:9.0f}   (max rel. diff to naive features {err:.1e})")
-        # like for like only: each row compares the same features computed both ways (a k-row
-        # feature is cheaper than an exact one by construction; that is a choice of features, not speed)
-        same = ", ".join(f"{n} {results[label, n][0] / results[label, n][1]:.1f}x"
-                         for (lab, n) in results if lab == label)
-        print(f"{label:10s} naive / ntkal on the same features: {same}")
-    print("(str/s = structures per second; MiB = peak resident memory above the level before the call, "
-          "warm-up included; the naive column excludes the one-time dense sketch above)")
-    del S
-
-    print("\nsketch accuracy: row kernel Phi Phi^T vs exact J J^T over all rows of 2 Si 8 cells + 2 molecules"
-          " (k-row features: against the exact kernel of the same k force combinations)")
-    allst = [cells[0], mols[0], cells[1], mols[1]]
-    for name in feats:
-        f = feats[name]
-        J = np.concatenate([f.jacobian(a) for a in allst]).astype(np.float64)
-        Phi = f(allst).rows.astype(np.float64)
-        K = J @ J.T
-        print(f"  {name:13s} relative Frobenius error {np.linalg.norm(Phi @ Phi.T - K) / np.linalg.norm(K):.3f}")
-        del J
-
-    n_train, n_cells = 3, 12
-    pool = []
-    for i in range(n_cells):  # Si 8 cells from gently to strongly rattled: PVs that differ
-        a = cells[0].copy()
-        a.rattle(0.01 + 0.2 * i / n_cells, seed=100 + i)
-        pool.append(a)
-    pool = [pool[i] for i in np.random.default_rng(0).permutation(n_cells)]
-    print(f"\nPV accuracy: {n_cells} Si 8 cells (rattle 0.01-0.2 A), train = {n_train}, scored = {n_cells - n_train}; "
-          f"target = exact kernel-space PV (noise_var {args.noise_var:g})")
-    Jfull = [feats["joint exact"].jacobian(a) for a in pool]
-    target = {"energy": exact_pv([j[:1] for j in Jfull[:n_train]], [j[:1] for j in Jfull[n_train:]], args.noise_var),
-              "joint": exact_pv(Jfull[:n_train], Jfull[n_train:], args.noise_var)}
-    del Jfull
-    print(f"  {'features':13s} {'median |rel. err|':>18s} {'Spearman rho vs exact joint PV':>32s}")
-    for name, f in feats.items():
-        blocks = f(pool)
-        post = ntkal.Posterior(f.dim, noise_var=args.noise_var, precision="float64")
-        post.add(blocks.take(np.arange(n_train)))
-        pv = post.variance(blocks.take(np.arange(n_train, n_cells)))
-        ref = target["energy" if name == "energy" else "joint"]
-        rel = np.median(np.abs(pv - ref) / ref)
-        print(f"  {name:13s} {rel:18.3f} {spearman(pv, target['joint']):32.3f}")
-    print("  (energy is compared with the exact energy-only PV; k-row PVs condition on k force combinations of each "
-          "training structure instead of all 3N, so their scale is higher; acquisition uses the ranking)")
-
-
-def spearman(a, b):
-    ra, rb = np.argsort(np.argsort(a)), np.argsort(np.argsort(b))
-    return float(np.corrcoef(ra, rb)[0, 1])
 
 if __name__ == "__main__":
     main()

@@ -8,12 +8,13 @@ module's parameters is the sum over s's rows of each row's contribution — a *s
 per-row gradients (the per-sample-gradient technique, with segments of rows instead of a batch
 dimension). Rules:
 
-* ``nn.Linear``: W gets sum_i delta_i x_i^T, one batched matrix product over structures whose rows
-  are padded to the longest segment; the bias gets sum_i delta_i.
+* ``nn.Linear``: W gets sum_i delta_i x_i^T: batched matrix products over structures whose rows are
+  padded to the longest segment of a group of similar lengths (on a CPU, with each structure's rows
+  contiguous: one product per structure on views); the bias gets sum_i delta_i.
 * ``nn.LayerNorm``: weight gets sum_i delta_i * xhat_i, bias sum_i delta_i (xhat: the normalised input).
 * ``nn.Embedding``: row idx_i of the weight gets delta_i, scattered per structure.
 * any other module (e3nn linears, radial networks, basis functions): ``torch.func.vmap`` of the gradient
-  of <delta_s, module(x_s)> over the padded segments, and — where vmap cannot run the module — a loop
+  of <delta_s, module(x_s)> over the padded segments of each group, and — where vmap cannot run the module — a loop
   over structures through that one module.
 """
 from __future__ import annotations
@@ -27,15 +28,31 @@ __all__ = ["SegmentLayout", "segment_gradients"]
 
 
 @dataclass
+class Bucket:
+    """Structures whose segments have similar lengths, padded together: ``index`` (nb, L) row numbers of each
+    member's rows (padding repeats a real row), ``mask`` (nb, L) True on real rows."""
+
+    members: torch.Tensor
+    index: torch.Tensor
+    mask: torch.Tensor
+
+    def pad(self, rows: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
+        """(R, ...) -> (nb, L, ...); ``zero`` puts zeros on the padding (else a repeated real row)."""
+        out = rows[self.index]
+        if zero:
+            out = out * self.mask.reshape(self.mask.shape + (1,) * (rows.dim() - 1)).to(out.dtype)
+        return out
+
+
+@dataclass
 class SegmentLayout:
-    """Rows grouped by owner: ``index`` (n, L) row numbers of each structure's rows, padded by repeating a
-    valid row; ``mask`` (n, L) True on real rows. L is the longest segment (>= 1). ``bounds`` (n + 1 ints)
+    """Rows grouped by owner. ``buckets`` pad the structures with rows in groups of similar segment length (the
+    longest at most ``_BUCKET_RATIO`` times the shortest: little padding, few products); ``bounds`` (n + 1 ints)
     when the owners are sorted (each structure's rows contiguous, as the adapters lay batches out), else None."""
 
     owners: torch.Tensor
     n: int
-    index: torch.Tensor
-    mask: torch.Tensor
+    buckets: list
     bounds: list | None = None
 
     @classmethod
@@ -43,28 +60,43 @@ class SegmentLayout:
         owners = owners.to(torch.long)
         counts = torch.bincount(owners, minlength=n)[:n]
         order = torch.argsort(owners, stable=True)
-        longest = max(int(counts.max()) if counts.numel() else 0, 1)
         starts = torch.cumsum(counts, 0) - counts
-        step = torch.arange(longest, device=owners.device)
-        mask = step[None, :] < counts[:, None]
-        within = torch.minimum(step[None, :], (counts[:, None] - 1).clamp(min=0))
-        position = (starts[:, None] + within).clamp(max=max(owners.numel() - 1, 0))
-        index = order[position] if owners.numel() else torch.zeros_like(position)
         sorted_ = owners.numel() < 2 or bool((owners[1:] >= owners[:-1]).all())
         bounds = [0] + torch.cumsum(counts, 0).tolist() if sorted_ else None
-        return cls(owners, int(n), index, mask, bounds)
-
-    def pad(self, rows: torch.Tensor, *, zero: bool = False) -> torch.Tensor:
-        """(R, ...) -> (n, L, ...); ``zero`` puts zeros on the padding (else a repeated real row)."""
-        out = rows[self.index]
-        if zero:
-            out = out * self.mask.reshape(self.mask.shape + (1,) * (rows.dim() - 1)).to(out.dtype)
-        return out
+        host = counts.tolist()
+        buckets = []
+        for group in _similar_lengths(host):
+            members = torch.as_tensor(group, device=owners.device)
+            longest = max(host[s] for s in group)
+            step = torch.arange(longest, device=owners.device)
+            c = counts[members]
+            mask = step[None, :] < c[:, None]
+            position = starts[members][:, None] + torch.minimum(step[None, :], c[:, None] - 1)
+            buckets.append(Bucket(members, order[position], mask))
+        return cls(owners, int(n), buckets, bounds)
 
     def segment_sum(self, rows: torch.Tensor) -> torch.Tensor:
         """(R, ...) -> (n, ...): the sum of each structure's rows."""
         out = torch.zeros((self.n,) + tuple(rows.shape[1:]), dtype=rows.dtype, device=rows.device)
         return out.index_add_(0, self.owners, rows)
+
+
+_BUCKET_RATIO = 1.25
+
+
+def _similar_lengths(counts: list) -> list[list[int]]:
+    """Structures with rows, grouped by segment length (sorted; a group's longest <= _BUCKET_RATIO x its shortest)."""
+    groups, current, shortest = [], [], 0
+    for s in sorted((s for s in range(len(counts)) if counts[s] > 0), key=lambda s: counts[s]):
+        if current and counts[s] > _BUCKET_RATIO * shortest:
+            groups.append(current)
+            current = []
+        if not current:
+            shortest = counts[s]
+        current.append(s)
+    if current:
+        groups.append(current)
+    return groups
 
 
 def _linear(module, names, args, kwargs, delta, layout):
@@ -74,19 +106,24 @@ def _linear(module, names, args, kwargs, delta, layout):
     d3 = delta.reshape(rows, -1, delta.shape[-1])
     if layout.bounds is not None and x.device.type == "cpu":
         return _linear_by_segment(names, x3, d3, layout)
-    X = layout.pad(x3).reshape(layout.n, -1, x.shape[-1])
-    D = layout.pad(d3, zero=True).reshape(layout.n, -1, delta.shape[-1])
     out = {}
     if "weight" in names:
-        out["weight"] = torch.bmm(D.transpose(1, 2), X)
+        weight = x.new_zeros((layout.n, delta.shape[-1], x.shape[-1]))
+        for bucket in layout.buckets:
+            X = bucket.pad(x3).reshape(len(bucket.members), -1, x.shape[-1])
+            D = bucket.pad(d3, zero=True).reshape(len(bucket.members), -1, delta.shape[-1])
+            weight[bucket.members] = torch.bmm(D.transpose(1, 2), X)
+        out["weight"] = weight
     if "bias" in names:
-        out["bias"] = D.sum(dim=1)
+        out["bias"] = layout.segment_sum(d3.sum(dim=1))
     return out
 
 
 def _linear_by_segment(names, x3, d3, layout):
-    """The Linear rule on a CPU with each structure's rows contiguous: one product per structure on views
-    of the rows (no padded copies; on a GPU the single padded batched product wins)."""
+    """The Linear rule on a CPU with each structure's rows contiguous: one product per structure on views of
+    the rows, no padded copies (measured on CHGNet, 1 thread: 1.5x faster than padded products for 32-atom
+    cells and 1.3x for 6-14-atom molecules, where the copies cost more than the calls; on a GPU the few
+    padded batched products win)."""
     n, bounds = layout.n, layout.bounds
     out = {}
     if "weight" in names:
@@ -151,14 +188,18 @@ def _call(module, params, args, kwargs, pos, keys, row_values):
 def _vmapped(module, names, args, kwargs, delta, layout):
     rows = delta.shape[0]
     pos, keys = _row_arguments(args, kwargs, rows)
-    values = [layout.pad(args[i]) for i in pos] + [layout.pad(kwargs[k]) for k in keys]
     params = {k: module.get_parameter(k).detach() for k in names}
 
     def contribution(p, row_values, d):
         return (_call(module, p, args, kwargs, pos, keys, row_values) * d).sum()
 
     grad = torch.func.vmap(torch.func.grad(contribution), in_dims=(None, 0, 0))
-    return grad(params, values, layout.pad(delta, zero=True))
+    out = {k: v.new_zeros((layout.n,) + tuple(v.shape)) for k, v in params.items()}
+    for bucket in layout.buckets:
+        values = [bucket.pad(args[i]) for i in pos] + [bucket.pad(kwargs[k]) for k in keys]
+        for k, g in grad(params, values, bucket.pad(delta, zero=True)).items():
+            out[k][bucket.members] = g
+    return out
 
 
 def _looped(module, names, args, kwargs, delta, layout):
@@ -204,6 +245,8 @@ def segment_gradients(module: torch.nn.Module, names, args: tuple, kwargs: dict,
     -------
     dict of str -> Tensor (n, *param.shape)
     """
+    if delta.shape[0] == 0:  # no rows of this kind in the batch (a lone atom has no edges): no gradient
+        return {}
     rule = _RULES.get(type(module))
     if rule is not None and (rule is not _embedding or _plain_embedding(module)):
         return rule(module, names, args, kwargs, delta, layout)
