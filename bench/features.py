@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 
 def structure_set(name: str, n: int, seed: int = 0) -> list:
-    """``cells``: 32-atom Cu/CuAu fcc cells; ``molecules``: 6-14-atom molecules; ``molecules20``: 20-atom
+    """``cells``: 32-atom Cu/CuAu fcc cells (``cells8``: 8-atom ones); ``molecules``: 6-14-atom molecules; ``molecules20``: 20-atom
     C/H/O molecule pairs; all rattled, every structure different."""
     from ase import Atoms
     from ase.build import bulk, molecule
@@ -43,9 +43,9 @@ def structure_set(name: str, n: int, seed: int = 0) -> list:
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
-        if name == "cells":
-            a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2))
-            a.numbers[rng.choice(32, size=int(rng.integers(0, 9)), replace=False)] = 79
+        if name in ("cells", "cells8"):
+            a = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 2, 2) if name == "cells" else (2, 1, 1))
+            a.numbers[rng.choice(len(a), size=int(rng.integers(0, len(a) // 4 + 1)), replace=False)] = 79
         elif name == "molecules":
             a = molecule(["CH3CH2OH", "C6H6", "CH3COOH", "CH3COCH3", "C2H6", "trans-butane", "CH3OCH3"][i % 7])
         elif name == "molecules20":
@@ -185,10 +185,7 @@ def accuracy(args) -> dict:
 
     model = models.chgnet()
     loop = looped(model)
-    small = structure_set("molecules", 4, seed=1) + [a[:8] for a in structure_set("cells", 4, seed=2)]
-    for a in small[4:]:
-        a.cell = a.cell * 0.5  # 8-atom cubic cells
-        a.wrap()
+    small = structure_set("molecules", 4, seed=1) + structure_set("cells8", 4, seed=2)
     exact = Featurizer(loop, "joint", force_rows="exact")  # energy row + all 3N force rows
     ests = {"k=4 exact rows (loop)": Featurizer(loop, "joint", force_method="autograd"),
             "k=4 difference rows (batched)": Featurizer(model, "joint")}
