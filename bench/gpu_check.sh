@@ -9,7 +9,7 @@
 #      projections bitwise equal over runs (sparse sign: equal to the CPU); the bench's Targets list
 #      greedy PV >= 5x bmdal_reg on the same GPU with <= 1/4 of its memory, two-run bitwise equality;
 #   4. writes everything under OUT_DIR: log.txt, build_info.json, pytest_gpu.txt, gpu_engine.txt/json.
-# Budget: ~8 minutes (build ~2-3, tests ~1, bench --quick ~2-4).
+# Budget: ~12 minutes (build ~2-3, tests ~1, bench --quick ~2-4, features ~4).
 #
 # usage: bench/gpu_check.sh OUT_DIR [WHEEL_DIR]       (WHEEL_DIR default: ./wheels)
 #        bench/gpu_check.sh --dry-run OUT_DIR [WHEEL_DIR]
@@ -86,6 +86,14 @@ PYTHONPATH="$pypath" timeout 300 python bench/gpu_engine.py --quick --json "$out
   > "$out/gpu_engine.txt" 2>&1
 bench_rc=$?
 tail -n 40 "$out/gpu_engine.txt" | tee -a "$out/log.txt"
-log "gpu_engine exit code $bench_rc (2 = no usable CUDA device); total $(( $(date +%s) - start )) s"
+log "gpu_engine exit code $bench_rc (2 = no usable CUDA device)"
+
+log "bench/features.py on CUDA (CHGNet: batched featurizer vs the loop vs CHGNet's own E+F; cells, molecules)"
+PYTHONPATH="$pypath" timeout 420 python bench/features.py --device cuda --threads 1 --rounds 2 --n 256 \
+  --loop-fraction 64 --sets cells molecules20 --json "$out/features_cuda.json" > "$out/features_cuda.txt" 2>&1
+feat_rc=$?
+tail -n 20 "$out/features_cuda.txt" | tee -a "$out/log.txt"
+log "features exit code $feat_rc; total $(( $(date +%s) - start )) s"
 [ "$test_rc" -eq 0 ] || exit "$test_rc"
-exit "$bench_rc"
+[ "$bench_rc" -eq 0 ] || exit "$bench_rc"
+exit "$feat_rc"

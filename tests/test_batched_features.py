@@ -103,6 +103,24 @@ def test_one_structure_batches_equal_one_big_batch(toy):
         np.testing.assert_allclose(other.rows, big.rows, rtol=1e-7, atol=1e-7 * np.abs(big.rows).max())
 
 
+def test_padded_products_equal_per_structure_products(toy, monkeypatch):
+    """The GPU's route (structures of similar row counts padded into batched products), forced on the CPU."""
+    import ntkal.torch.segments as segments
+
+    structures = ragged() * 2
+    direct = Featurizer(toy, "joint", dim=16, force_rows=2)(structures)
+    of = segments.SegmentLayout.of.__func__
+
+    def without_bounds(cls, owners, n):
+        layout = of(cls, owners, n)
+        layout.bounds = None  # as if rows were not contiguous: the padded route
+        return layout
+
+    monkeypatch.setattr(segments.SegmentLayout, "of", classmethod(without_bounds))
+    padded = Featurizer(toy, "joint", dim=16, force_rows=2)(structures)
+    np.testing.assert_allclose(padded.rows, direct.rows, rtol=1e-7, atol=1e-7 * np.abs(direct.rows).max())
+
+
 def test_grouping_respects_budget_and_count():
     sizes = [5, 5, 30, 1, 1, 1, 1, 8]
     groups = [g for g, _ in grouped(iter(sizes), lambda s: s, budget=10, max_structures=3)]

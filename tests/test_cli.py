@@ -77,6 +77,24 @@ def test_features_dump_matches_featurizer(files):
     assert offsets[-1] == 3 * sum(len(a) for a in pool)
 
 
+def test_force_method_from_the_command_line(files):
+    from ntkal.feature_store import FeatureStore
+
+    d, _, _ = files
+    structures = ase.io.read(d / "pool.extxyz", index=":")
+    for method in ("autograd", "difference"):
+        code = main(["features", "--structures", str(d / "pool.extxyz"), "--kernel", "joint", "--force-rows", "3",
+                     "--force-method", method, "--out", str(d / f"feats_{method}")] + TOY)
+        assert code == 0
+        stored = FeatureStore(d / f"feats_{method}").read("structures")
+        ref = Featurizer(models.toy(), "joint", dim=32, force_rows=3, force_method=method)(structures)
+        np.testing.assert_allclose(stored.rows, ref.rows, rtol=1e-6, atol=1e-6 * np.abs(ref.rows).max())
+    exact = FeatureStore(d / "feats_autograd").read("structures").rows
+    assert not np.array_equal(exact, FeatureStore(d / "feats_difference").read("structures").rows)
+    with pytest.raises(SystemExit):
+        main(["features", "--structures", str(d / "pool.extxyz"), "--force-method", "jvp", "--out", str(d / "x")] + TOY)
+
+
 def test_loss_matched_rows_from_the_command_line(files, capsys):
     from ntkal.feature_store import FeatureStore
     from ntkal.torch import Loss

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .errors import InvalidArgumentError
-from .options import CALIBRATE, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
+from .options import CALIBRATE, FORCE_METHODS, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
 
 __all__ = ["main", "build_parser"]
 
@@ -90,6 +90,9 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--sketch", default="sparse_sign", help=f"{' or '.join(SKETCH_KINDS)} (default sparse_sign)")
     g.add_argument("--force-rows", type=_force_rows, default=rows_default,
                    help=f"'exact' (3N rows) or k random force combinations (default {rows_default})")
+    g.add_argument("--force-method", choices=FORCE_METHODS, default=None,
+                   help="force rows by differences of energy gradients (default for k rows: many structures per "
+                        "pass) or by exact mixed derivatives, one structure at a time (autograd; default for exact)")
     g.add_argument("--energy-weight", type=float, default=1.0, help="weight of the energy row (default 1)")
     g.add_argument("--force-weight", type=float, default=1.0, help="weight of each force row (default 1)")
     g.add_argument("--loss", type=_loss, default=None, metavar="W_E,W_F[,ENERGY[,FORCES]]",
@@ -203,6 +206,7 @@ def _featurizer(args):
         kwargs = {}
     model = models.load(args.model, **kwargs)
     return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
+                      force_method=args.force_method,
                       energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,
                       loss=None if args.loss is None else Loss(*args.loss), progress=False)
 
