@@ -12,8 +12,8 @@ thread count for every method. Per (model, structure set, threads, device), stru
 * ``energy batched`` / ``energy loop`` — the energy kernel both ways.
 
 Ratios printed: features over ``own E+F`` (cost per structure in units of the model's own evaluation)
-and batched over loop. Peak memory: RSS high-water mark on a CPU, ``torch.cuda.max_memory_allocated``
-on a GPU. ``--accuracy`` adds the estimator check: Gram error of k = 4 rows (loop's exact rows and the
+and batched over loop. Peak memory: the RSS high-water mark above the level before the call on a CPU
+(heap trimmed first), ``torch.cuda.max_memory_allocated`` on a GPU. ``--accuracy`` adds the estimator check: Gram error of k = 4 rows (loop's exact rows and the
 batched difference rows) against the exact joint Gram, and the Spearman correlation of pool PV on
 the demo pool between the two.
 
@@ -113,10 +113,12 @@ def methods(name: str, model, batch: int):
 
 
 def measure(fn, structures, device: str):
-    """(seconds, peak MiB) of one call."""
+    """(seconds, peak MiB above the level before the call) of one call."""
+    import ctypes
+
     import torch
 
-    from _common import PeakRSS
+    from _common import PeakRSS, rss_mb
 
     if device == "cuda":
         torch.cuda.synchronize()
@@ -125,10 +127,15 @@ def measure(fn, structures, device: str):
         fn(structures)
         torch.cuda.synchronize()
         return time.perf_counter() - t, torch.cuda.max_memory_allocated() / 2**20
+    try:  # hand freed heap back first, so memory an earlier call freed but kept does not hide this one's growth
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    before = rss_mb()
     peak = PeakRSS().start()
     t = time.perf_counter()
     fn(structures)
-    return time.perf_counter() - t, peak.stop_mb()
+    return time.perf_counter() - t, peak.stop_mb() - before
 
 
 def throughput(args, name: str, model, set_name: str, threads: int) -> list[dict]:
