@@ -5,7 +5,9 @@ scalar fma), every OpenBLAS core type and 1 or 2 threads, wherever a row sits in
 whatever the chunk size of ``acquire``.
 
 Each configuration runs in a fresh interpreter (kernel set, core type and thread pools are fixed at
-start-up), prints a sha256 digest of every output, and the digests must all be equal."""
+start-up), prints a sha256 digest of every output, and the digests must all be equal. The same
+interpreter digests a NumPy BLAS/LAPACK computation on the same data (the canary): it must change
+with the core type, or the run could not have seen a route that used a core-type-dependent BLAS."""
 
 from __future__ import annotations
 
@@ -99,7 +101,15 @@ _PROBE = textwrap.dedent(
     sel = ntkal.select(big_pool, None, 24, method="lcmd", train_rows=big_train)
     put("projected_nearest_centre", owner, sel.indices, sel.scores)
 
-    print(json.dumps({"kernels": ntkal.build_info()["kernels"], "digest": digest}))
+    # the canary: NumPy's BLAS and LAPACK on the same kind of data (expected to change with the core type)
+    x = train.astype(np.float64)
+    canary = hashlib.sha256((x.T @ x).tobytes() + np.linalg.eigvalsh(x.T @ x).tobytes()).hexdigest()[:16]
+
+    from threadpoolctl import threadpool_info
+
+    blas = {os.path.basename(i["filepath"]): i.get("architecture") for i in threadpool_info()
+            if i.get("internal_api") == "openblas"}
+    print(json.dumps({"kernels": ntkal.build_info()["kernels"], "digest": digest, "canary": canary, "blas": blas}))
     """
 )
 
@@ -141,14 +151,27 @@ def _probe(kernels: str | None, coretype: str, threads: int) -> dict:
 
 @pytest.fixture(scope="module")
 def core_type_probes() -> dict:
+    require("threadpoolctl")
     return {core: _probe(None, core, 2) for core in CORE_TYPES}
+
+
+def test_core_types_took_effect_and_the_canary_sees_them(core_type_probes):
+    """Without this, equal digests could mean OpenBLAS ignored OPENBLAS_CORETYPE: then a route through
+    NumPy's BLAS would pass unseen. ntkal's and NumPy's OpenBLAS must report the requested kernels, and
+    the NumPy canary must take more than one value across them."""
+    archs = {core: sorted(set(p["blas"].values())) for core, p in core_type_probes.items()}
+    for core in ("Haswell", "Sandybridge"):  # kernels every x86-64 processor with AVX2 can run
+        assert archs[core] == [core], f"OPENBLAS_CORETYPE={core} gave OpenBLAS kernels {archs[core]}"
+    assert len({tuple(a) for a in archs.values()}) >= 3, archs
+    canaries = {core: p["canary"] for core, p in core_type_probes.items()}
+    assert len(set(canaries.values())) >= 2, f"NumPy's BLAS gave the same bits under every core type: {canaries}"
 
 
 def test_identical_across_core_types(core_type_probes):
     first = core_type_probes["own"]["digest"]
     for core, probe in core_type_probes.items():
         diff = sorted(k for k in first if probe["digest"][k] != first[k])
-        assert not diff, f"OPENBLAS_CORETYPE={core} differs from the machine's own in {diff}"
+        assert not diff, f"OPENBLAS_CORETYPE={core} ({probe['blas']}) differs from the machine's own in {diff}"
 
 
 def test_identical_across_kernel_sets_and_threads(core_type_probes):
