@@ -233,4 +233,5 @@ def test_acquire_does_not_depend_on_the_chunk_size(strategy, calibrate, target):
         for name in ("pool_pv", "shortlist", "indices", "scores"):
             np.testing.assert_array_equal(getattr(res, name), getattr(first, name), err_msg=f"{name}, chunk {size}")
         if calibrate == "on":
-            assert res.calibration.scales == first.calibration.scales and res.calibration.pooled == first.calibration.pooled
+            assert res.calibration.scales == first.calibration.scales
+            assert res.calibration.pooled == first.calibration.pooled
