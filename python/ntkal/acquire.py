@@ -1,7 +1,8 @@
 """End-to-end acquisition: featurize train and pool in chunks, score PV, shortlist, select a batch.
 
-Phases: check every structure; featurize the training set chunk by chunk (partial Grams, summed in
-a fixed tree); factor the posterior; optionally calibrate its output scale on labelled residuals;
+Phases: check every structure; featurize the training set chunk by chunk; accumulate its Gram from
+the stored rows in one fixed-order pass in structure order (the same bits whatever the chunk size
+or worker count) and factor the posterior; optionally calibrate its output scale on labelled residuals;
 featurize and score the pool chunk by chunk (each chunk returns its PVs and best candidates per
 stratum); merge the shortlists; read the shortlisted rows back from the feature store and select.
 Chunks run in this process or on Dask workers (:mod:`ntkal.executors`), with the same result.
@@ -389,7 +390,7 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                 stop = min(start + chunk_size, len(pool_src) if label == "pool" else len(train_src))
                 on_features(label, start, store.load(label, start, stop))
 
-    # ---- 2. training set: partial Grams, fixed tree sum, one factorisation -----------------------------
+    # ---- 2. training set: features, one fixed-order Gram pass, one factorisation ----------------------
     posterior, train_blocks, n_train = None, None, 0
     predicted = {}
     if train_src is not None and len(train_src):
