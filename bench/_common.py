@@ -144,7 +144,19 @@ def machine_info() -> dict:
         mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return {"cpu": model, "cores": os.cpu_count(), "mem_gb": round(mem_gb, 1),
             "python": platform.python_version(), "loadavg": [round(x, 2) for x in load], **code_version(),
-            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset")}
+            "openblas_coretype": os.environ.get("OPENBLAS_CORETYPE", "unset"), "openblas_kernels": openblas_kernels()}
+
+
+def openblas_kernels() -> dict:
+    """The kernel set each loaded OpenBLAS really uses (threadpoolctl's ``architecture``): with
+    OPENBLAS_CORETYPE unset, the one OpenBLAS picks for this processor."""
+    try:
+        import numpy  # noqa: F401  (loads NumPy's OpenBLAS)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return {}
+    return {os.path.basename(i["filepath"]): i.get("architecture") for i in threadpool_info()
+            if i.get("internal_api") == "openblas"}
 
 
 def code_version() -> dict:

@@ -278,12 +278,14 @@ bool nearest_projected(const RowsView& x, const RowsView& tr, std::vector<int64_
 
 }  // namespace
 
-void nearest_train(const RowsView& x, const RowsView& tr, Precision precision, std::vector<int64_t>& owner) {
+bool nearest_train(const RowsView& x, const RowsView& tr, Precision precision, std::vector<int64_t>& owner) {
   if (precision == Precision::Float32) {
-    if (!nearest_projected(x, tr, owner)) nearest_brute<float>(x, tr, owner);
+    if (nearest_projected(x, tr, owner)) return true;
+    nearest_brute<float>(x, tr, owner);
   } else {
     nearest_brute<double>(x, tr, owner);
   }
+  return false;
 }
 
 }  // namespace ntkal

@@ -13,7 +13,9 @@ namespace ntkal {
 double sqdist(const float* a, const float* b, int64_t e);
 double sqnorm(const float* a, int64_t e);
 
-// owner[i] = argmin_j ||x_i - t_j||^2 (exact float64 comparison, ties: lowest j).
-void nearest_train(const RowsView& x, const RowsView& tr, Precision precision, std::vector<int64_t>& owner);
+// owner[i] = argmin_j ||x_i - t_j||^2 (exact float64 comparison, ties: lowest j). Returns true when the
+// projected-bounds route decided it (float32, >= 1024 train vectors of dim >= 128, decaying spectrum),
+// false for brute force; both give the same owners.
+bool nearest_train(const RowsView& x, const RowsView& tr, Precision precision, std::vector<int64_t>& owner);
 
 }  // namespace ntkal

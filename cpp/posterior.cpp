@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "fixed_order.hpp"
@@ -13,7 +16,23 @@ Posterior::Posterior(int64_t dim, double noise_var, bool scale, Precision precis
   if (dim <= 0) throw InvalidArgument("Posterior: dim must be > 0, got " + std::to_string(dim));
   if (!(noise_var > 0.0) || !std::isfinite(noise_var))
     throw InvalidArgument("Posterior: noise_var must be finite and > 0, got " + std::to_string(noise_var));
-  gram_.assign(static_cast<size_t>(dim * dim), 0.0);
+  // dim * dim must not overflow (2^40 wrapped to an empty Gram and was accepted), and the d x d
+  // matrices must be allocatable: both are the caller's dim, so both are a bad argument
+  constexpr int64_t kMaxDim = 3037000499;  // floor(sqrt(2^63 - 1))
+  char need[32];
+  std::snprintf(need, sizeof need, "%.3g", static_cast<double>(dim) * static_cast<double>(dim) * 8.0);
+  if (dim > kMaxDim)
+    throw InvalidArgument("Posterior: dim must be <= " + std::to_string(kMaxDim) + " (its d x d Gram needs " +
+                          std::string(need) + " bytes), got " + std::to_string(dim));
+  const std::string too_large = "Posterior: dim " + std::to_string(dim) + " needs " + std::string(need) +
+                                " bytes for its d x d Gram, more than can be allocated";
+  try {
+    gram_.assign(static_cast<size_t>(dim * dim), 0.0);
+  } catch (const std::bad_alloc&) {
+    throw InvalidArgument(too_large);
+  } catch (const std::length_error&) {
+    throw InvalidArgument(too_large);
+  }
 }
 
 Posterior::Posterior(const Posterior& o)

@@ -10,6 +10,7 @@ void register_options(py::module_& m);
 void register_sketch(py::module_& m);
 void register_posterior(py::module_& m);
 void register_select(py::module_& m);
+void register_block_traces(py::module_& m);
 void register_info(py::module_& m);
 void register_cuda(py::module_& m);
 
@@ -20,6 +21,7 @@ PYBIND11_MODULE(_core, m) {
   register_sketch(m);
   register_posterior(m);
   register_select(m);
+  register_block_traces(m);
   register_info(m);
   register_cuda(m);
 }

@@ -2,6 +2,7 @@
 #include <vector>
 
 #include "arrays.hpp"
+#include "nearest_centre.hpp"
 #include "select.hpp"
 #include "topk.hpp"
 
@@ -63,6 +64,23 @@ void register_select(py::module_& m) {
           return as_tuple(std::move(s));
         },
         py::arg("method"), py::arg("vectors"), py::arg("train_vectors"), py::arg("n"), py::arg("precision"));
+
+  m.def("nearest_train",
+        [](const F32& x, const F32& train, Precision precision) {
+          RowsView xv = rows_view(x, "nearest_train"), tv = rows_view(train, "nearest_train");
+          if (tv.dim != xv.dim || tv.n_rows == 0)
+            throw InvalidArgument("nearest_train: train must be non-empty with the vectors' width " +
+                                  std::to_string(xv.dim));
+          std::vector<int64_t> owner(static_cast<size_t>(xv.n_rows), -1);
+          bool projected = false;
+          {
+            py::gil_scoped_release release;
+            projected = nearest_train(xv, tv, precision, owner);
+          }
+          return py::make_tuple(to_numpy(std::move(owner)), projected);
+        },
+        py::arg("vectors"), py::arg("train_vectors"), py::arg("precision"),
+        "(nearest train index of every vector, whether the projected-bounds route decided it).");
 
   m.def("gram_sketch",
         [](const F32& rows, const py::object& offsets, int64_t out_dim, uint64_t seed) {

@@ -661,6 +661,14 @@ def select(rows, offsets, n: int, method: str = "lcmd", train_rows=None, train_o
     raise ValueError(f"select: unknown method {method!r}")
 
 
+def nearest_train(vectors, train_vectors) -> np.ndarray:
+    """Index of the nearest training vector of every vector (float64 distances, ties: lowest index)."""
+    x = np.asarray(vectors, dtype=np.float64)
+    t = np.asarray(train_vectors, dtype=np.float64)
+    # np.argmin returns the first minimum: the lowest index on ties
+    return np.array([int(np.argmin(_sq_dists(t, xi))) for xi in x], dtype=np.int64)
+
+
 def training_gram(rows) -> np.ndarray:
     """sum_r phi_r^T phi_r in float64."""
     r = np.asarray(rows, dtype=np.float64)
@@ -682,6 +690,32 @@ def leave_one_out_variance(train_rows, train_offsets, noise_var: float, scale: b
         out[i] = noise_var * c * np.trace(block @ np.linalg.solve(A, block.T))
         if intensive:
             out[i] /= (b - a)
+    return out
+
+
+def variance_reduction_scores(rows, offsets, train_rows, noise_var: float, target_gram, active=None,
+                              scale: bool = False) -> np.ndarray:
+    """One step of variance reduction: for every active block X (scaled rows), the drop of the
+    integrated variance noise_var c tr(A^{-1} M) when A gains c X^T X, from the Woodbury form
+    noise_var c^2 tr[(I + c X A^{-1} X^T)^{-1} X A^{-1} M A^{-1} X^T] with float64 solves against A
+    itself (no Cholesky, no whitening). Inactive or empty blocks score -inf."""
+    rows = np.asarray(rows, dtype=np.float64)
+    offsets = _offsets_or_default(rows, offsets)
+    train = np.asarray(train_rows, dtype=np.float64).reshape(-1, rows.shape[1])
+    c = feature_scale(train, scale)
+    d = rows.shape[1]
+    A = noise_var * np.eye(d) + c * train.T @ train
+    M = np.asarray(target_gram, dtype=np.float64)
+    n_blocks = len(offsets) - 1
+    active = np.ones(n_blocks, dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    out = np.full(n_blocks, -np.inf)
+    for i in np.flatnonzero(active):
+        X = rows[offsets[i]:offsets[i + 1]]
+        if not len(X):
+            continue
+        AiXt = np.linalg.solve(A, X.T)  # A^{-1} X^T
+        inner = np.eye(len(X)) + c * X @ AiXt
+        out[i] = noise_var * c * c * np.trace(np.linalg.solve(inner, AiXt.T @ M @ AiXt))
     return out
 
 

@@ -1,7 +1,8 @@
 """End-to-end acquisition: featurize train and pool in chunks, score PV, shortlist, select a batch.
 
-Phases: check every structure; featurize the training set chunk by chunk (partial Grams, summed in
-a fixed tree); factor the posterior; optionally calibrate its output scale on labelled residuals;
+Phases: check every structure; featurize the training set chunk by chunk; accumulate its Gram from
+the stored rows in one fixed-order pass in structure order (the same bits whatever the chunk size
+or worker count) and factor the posterior; optionally calibrate its output scale on labelled residuals;
 featurize and score the pool chunk by chunk (each chunk returns its PVs and best candidates per
 stratum); merge the shortlists; read the shortlisted rows back from the feature store and select.
 Chunks run in this process or on Dask workers (:mod:`ntkal.executors`), with the same result.
@@ -31,7 +32,7 @@ from .feature_store import FeatureStore, chunk_digest
 from .options import CALIBRATE, ON_ERROR, STRATA, STRATEGIES, choice
 from .posterior import Posterior
 from .progress import bar as progress_bar
-from .screen import ChunkContext, ChunkTask, TreeSum, featurize_chunk, merge_top, pack
+from .screen import ChunkContext, ChunkTask, featurize_chunk, merge_top, pack
 from .select import select
 from .strata import composition_key, quotas
 from .same_geometry import GeometryIndex
@@ -394,17 +395,13 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
                 stop = min(start + chunk_size, len(pool_src) if label == "pool" else len(train_src))
                 on_features(label, start, store.load(label, start, stop))
 
-    # ---- 2. training set: partial Grams, fixed tree sum, one factorisation -----------------------------
+    # ---- 2. training set: features, one fixed-order Gram pass, one factorisation ----------------------
     posterior, train_blocks, n_train = None, None, 0
     predicted = {}
     if train_src is not None and len(train_src):
         t = time.perf_counter()
-        grams, n_rows, n_blocks, dim, starts = TreeSum(), 0, 0, None, []
-        for res in run_phase(train_src, "train", context(gram=True, forces=calibrate == "on")):
-            grams.add(res.start // chunk_size, res.gram)
-            n_rows += int(res.sizes.sum())
-            n_blocks += int((res.sizes > 0).sum())
-            dim = res.gram.shape[0]
+        starts = []
+        for res in run_phase(train_src, "train", context(forces=calibrate == "on")):
             starts.append((res.start, res.stop))
             if res.forces is not None:
                 predicted.update({res.start + i: f for i, f in enumerate(res.forces)})
@@ -412,14 +409,17 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
         starts.sort()
         announce("train", [a for a, _ in starts])
         t = time.perf_counter()
-        posterior = Posterior(dim, noise_var=noise_var, scale=scale, precision=precision)
-        posterior.add_gram(grams.total(), n_rows, n_blocks)
         # this run's chunks, checked against this run's structures (the store may hold others)
         blocks = Blocks.concatenate([store.load("train", a, b, digests["train"][a // chunk_size])
-                                     for a, b in starts]) if n_blocks else None
-        present = np.flatnonzero(blocks.sizes > 0) if blocks is not None else np.zeros(0, np.int64)
+                                     for a, b in starts])
+        present = np.flatnonzero(blocks.sizes > 0)
         train_blocks = blocks.take(present) if present.size else None
         n_train = int(present.size)
+        posterior = Posterior(blocks.dim, noise_var=noise_var, scale=scale, precision=precision)
+        if train_blocks is not None:
+            # one fixed-order pass over the training rows in index order: the Gram's bits depend on the
+            # rows alone (partial Grams per chunk, summed, changed with the chunk size)
+            posterior.add(train_blocks)
         posterior.feature_scale  # factor now (client-side scoring and selection); a worker rebuilds the
         # same bits from the pickled Gram with the same fixed-order kernels
         timings["posterior"] = time.perf_counter() - t
@@ -440,10 +440,8 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     # ---- 4. the target of variance reduction ----------------------------------------------------------
     target_gram = None
     if strategy == "variance_reduction" and target_src is not None:
-        grams = TreeSum()
-        for res in run_phase(target_src, "target", context(gram=True)):
-            grams.add(res.start // chunk_size, res.gram)
-        target_gram = grams.total()
+        spans = sorted((res.start, res.stop) for res in run_phase(target_src, "target", context()))
+        target_gram = _stored_gram(store, "target", spans, digests["target"], chunk_size)
 
     # ---- 5. pool: featurize, score, best candidates per stratum ---------------------------------------
     t = time.perf_counter()
@@ -452,13 +450,11 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
         scales = {key: calibration.scale_of(key) for key in set(pool_keys)}
     pool_pv = np.full(n_pool, np.nan)
     merged: dict = {}
-    pool_grams = TreeSum() if strategy == "variance_reduction" and target_src is None else None
 
     def pool_context(post):
-        return context(posterior=post, intensive=intensive, top=k, scales=scales, gram=pool_grams is not None,
-                       stratify=strata == "composition")
+        return context(posterior=post, intensive=intensive, top=k, scales=scales, stratify=strata == "composition")
 
-    starts = []
+    starts, spans = [], []
     if posterior is None:  # no training set: the prior, at the width of the first chunk
         first = next(iter(tasks(pool_src, "pool", pool_keys)))
         here = InProcess()
@@ -470,14 +466,13 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     for res in run_phase(pool_src, "pool", pool_context(posterior), pool_keys):
         pool_pv[res.start:res.stop] = res.pv
         merge_top(merged, res.top, k)
-        if pool_grams is not None:
-            pool_grams.add(res.start // chunk_size, res.gram)
         starts.append(res.start)
+        spans.append((res.start, res.stop))
         scoring += res.score_seconds
     timings["pool_features"] = time.perf_counter() - t
     announce("pool", starts)
-    if pool_grams is not None:
-        target_gram = pool_grams.total()
+    if strategy == "variance_reduction" and target_src is None:  # the pool is the target
+        target_gram = _stored_gram(store, "pool", sorted(spans), digests["pool"], chunk_size)
     for label, i in skipped:
         if label == "pool":
             pool_pv[i] = np.nan
@@ -531,6 +526,20 @@ def _acquire(featurizer, train_src, pool_src, target_src, n, k, strategy, noise_
     return AcquisitionResult(indices, pool_pv[indices], np.concatenate(scores), strategy, shortlist_idx[order], pool_pv,
                              timings, n_pool, n_train, counts["cached"], counts["computed"],
                              Blocks.concatenate(picked_blocks), _listed(skipped), split, calibration, excluded)
+
+
+def _stored_gram(store, label: str, spans, digests, chunk_size: int) -> np.ndarray:
+    """``sum phi^T phi`` over a stored set's rows, in one fixed-order pass that reads the chunks in index
+    order (the engine's Gram accumulation continues each entry's chain from chunk to chunk): the same
+    bits whatever the chunk size or the number of workers."""
+    acc = None
+    for a, b in spans:
+        blocks = store.load(label, a, b, digests[a // chunk_size])
+        if acc is None:
+            acc = Posterior(blocks.dim)
+        if blocks.n_rows:
+            acc.add(blocks.rows)
+    return acc.gram
 
 
 def _random(featurizer, pool_src, n, seed, posterior, intensive, skipped, pool_is_train, excluded, timings, t_start,

@@ -11,10 +11,12 @@ low). Strata with fewer than ``min_count`` labelled structures use the pooled sc
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import backends
 from .blocks import Blocks
 from .errors import InvalidArgumentError
 
@@ -25,7 +27,10 @@ def leave_one_out_variance(posterior, blocks: Blocks, *, intensive: bool = False
     """PV of each training block under the posterior conditioned on all training blocks but itself.
 
     With ``S = X A^{-1} X^T`` (X the block's scaled rows), removing the block from A gives
-    ``X A_{-x}^{-1} X^T = S (I - S)^{-1}``, so ``PV_loo = noise_var * tr(S (I - S)^{-1})``.
+    ``X A_{-x}^{-1} X^T = S (I - S)^{-1}``, so ``PV_loo = noise_var * tr(S (I - S)^{-1})``, computed by
+    the engine (``cpp/block_traces.cpp``) as ``noise_var ||F^{-1} W||_F^2`` with ``F F^T = I - S``
+    on its fixed-order kernels: the same bits under every BLAS build, core type and thread count.
+    The float64 reference is ``ntkal._reference.leave_one_out_variance``.
 
     Parameters
     ----------
@@ -33,27 +38,18 @@ def leave_one_out_variance(posterior, blocks: Blocks, *, intensive: bool = False
         Conditioned on ``blocks`` (and possibly more).
     blocks : Blocks
         Training blocks, host rows.
+    intensive : bool
+        Divide each block's value by its row count.
 
     Returns
     -------
     ndarray, shape (len(blocks),), float64
+        NaN for an empty block, and for a block whose own rows explain it to within rounding
+        (``I - S`` not positive definite in float64): its value is too large to resolve, and
+        :func:`calibrate` leaves it out.
     """
-    out = np.empty(len(blocks))
-    W = posterior.whiten(blocks.rows)  # rows sqrt(c) L^{-1} phi, float64
-    for i, (a, b) in enumerate(zip(blocks.offsets[:-1], blocks.offsets[1:])):
-        w = W[a:b]
-        S = w @ w.T
-        m = S.shape[0]
-        if m == 0:
-            out[i] = np.nan
-            continue
-        # S < I always holds in exact arithmetic (noise_var > 0); clip the eigenvalues so rounding
-        # cannot flip a sign
-        vals = np.clip(np.linalg.eigvalsh(0.5 * (S + S.T)), 0.0, 1.0 - 1e-12)
-        out[i] = posterior.noise_var * float(np.sum(vals / (1.0 - vals)))
-        if intensive:
-            out[i] /= m
-    return out
+    b = backends.cpu.blocks(blocks, None, "leave_one_out_variance", width=posterior.dim)
+    return backends.cpu.leave_one_out_variance(posterior._p, b, intensive)
 
 
 def force_residual_sq(predicted, reference) -> np.ndarray:
@@ -75,7 +71,7 @@ def force_residual_sq(predicted, reference) -> np.ndarray:
         if p.shape != r.shape:
             raise InvalidArgumentError(f"force_residual_sq: structure {i}: predicted forces {p.shape} vs reference "
                                        f"{r.shape}")
-        out[i] = float(np.mean((p - r) ** 2))
+        out[i] = math.fsum(((p - r) ** 2).ravel()) / p.size  # exactly rounded: no summation order
     if not np.all(np.isfinite(out)):
         raise InvalidArgumentError("force_residual_sq: forces must be finite")
     return out
@@ -138,12 +134,13 @@ def calibrate(residual_sq, loo_pv, keys, *, min_count: int = 3) -> Calibration:
     ok = np.isfinite(r) & np.isfinite(v) & (v > 0)
     if not ok.any():
         raise InvalidArgumentError("calibrate: no labelled structure with a finite residual and a positive PV")
-    pooled = float(r[ok].sum() / v[ok].sum())
+    # math.fsum: exactly rounded sums, so the scales do not depend on a summation order
+    pooled = math.fsum(r[ok]) / math.fsum(v[ok])
     scales, counts, mean_r = {}, {}, {}
     for key in sorted(set(keys)):
         m = ok & np.array([k == key for k in keys])
         counts[key] = int(m.sum())
-        mean_r[key] = float(r[m].mean()) if m.any() else float("nan")
+        mean_r[key] = math.fsum(r[m]) / counts[key] if m.any() else float("nan")
         if m.sum() >= min_count:
-            scales[key] = float(r[m].sum() / v[m].sum())
+            scales[key] = math.fsum(r[m]) / math.fsum(v[m])
     return Calibration(scales, pooled, counts, mean_r)

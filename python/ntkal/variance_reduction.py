@@ -11,30 +11,20 @@ adding a block X of scaled rows lowers the integrated variance ``noise_var c tr(
 In whitened coordinates (``w = sqrt(c) L^{-1} phi``, ``N = sqrt(c) L^{-1} M L^{-T} sqrt(c)``) this is
 ``noise_var tr[(I + W W^T)^{-1} W N W^T]``. After each pick the posterior is conditioned on it and
 the candidates re-whitened: O(k m d^2 + d^3) per pick for k candidates of m rows, no n x n kernel.
-The float64 reference is ``ntkal._reference.variance_reduction_greedy``.
+The scores come from the engine (``cpp/block_traces.cpp``: fixed-order products, Cholesky and
+traces, so the picks and gains have the same bits under every BLAS build, core type and thread
+count). The float64 references are ``ntkal._reference.variance_reduction_scores`` (one step) and
+``ntkal._reference.variance_reduction_greedy`` (the whole greedy run).
 """
 from __future__ import annotations
 
 import numpy as np
 
+from . import backends
 from .blocks import Blocks
 from .errors import InvalidArgumentError
 
 __all__ = ["variance_reduction_greedy"]
-
-
-def _scores(W: np.ndarray, offsets: np.ndarray, N: np.ndarray, noise_var: float, active: np.ndarray) -> np.ndarray:
-    WN = W @ N
-    out = np.full(len(offsets) - 1, -np.inf)
-    for i in np.flatnonzero(active):
-        a, b = offsets[i], offsets[i + 1]
-        if b == a:
-            continue
-        w = W[a:b]
-        S = np.eye(b - a) + w @ w.T
-        G = WN[a:b] @ w.T
-        out[i] = noise_var * float(np.trace(np.linalg.solve(S, G)))
-    return out
 
 
 def variance_reduction_greedy(candidates: Blocks, n: int, posterior, target_gram) -> tuple[np.ndarray, np.ndarray]:
@@ -80,14 +70,12 @@ def variance_reduction_greedy(candidates: Blocks, n: int, posterior, target_gram
     rows = candidates.rows if c == 1.0 else (np.sqrt(c) * candidates.rows.astype(np.float64)).astype(np.float32)
     candidates = Blocks(rows, candidates.offsets)
     M = c * M
-    offsets = np.asarray(candidates.offsets)
-    active = np.diff(offsets) > 0
+    b = backends.cpu.blocks(candidates, None, where, width=posterior.dim)
+    active = np.diff(candidates.offsets) > 0
     picks, gains = [], []
     for _ in range(int(n)):
-        op = post._p.whitening_operator()  # sqrt(c) L^{-1}
-        W = post.whiten(candidates.rows)
-        N = op @ M @ op.T
-        s = _scores(W, offsets, N, post.noise_var, active)
+        # the engine's fixed-order kernels, not NumPy's BLAS/LAPACK: the same bits on every machine
+        s = backends.cpu.variance_reduction_scores(post._p, b, M, active)
         if not np.isfinite(s).any():
             raise InvalidArgumentError(f"{where}: fewer than n={n} candidates with feature rows")
         best = int(np.argmax(s))  # first maximum: ties go to the lower position

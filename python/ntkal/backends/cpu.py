@@ -67,6 +67,23 @@ def greedy_pv(post, b: BlockArgs, n: int):
     return _core.select_greedy_pv(post, b.rows, b.offsets, n)
 
 
+def variance_reduction_scores(post, b: BlockArgs, target_gram: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """Integrated-variance reduction of conditioning ``post`` (the engine's posterior) on each active
+    block; -inf for inactive or empty blocks. Fixed-order kernels: the same bits on every machine."""
+    return _core.variance_reduction_scores(post, b.rows, b.offsets, np.ascontiguousarray(target_gram, np.float64),
+                                           np.ascontiguousarray(active, dtype=np.uint8))
+
+
+def leave_one_out_variance(post, b: BlockArgs, intensive: bool) -> np.ndarray:
+    """PV of each block under ``post`` without that block (NaN when empty or unresolvable)."""
+    return _core.leave_one_out_variance(post, b.rows, b.offsets, bool(intensive))
+
+
+def nearest_train(x: BlockArgs, train: BlockArgs, precision: str) -> tuple[np.ndarray, bool]:
+    """(nearest training vector of each vector, whether the projected-bounds route decided it)."""
+    return _core.nearest_train(x.rows, train.rows, code(precision, PRECISIONS))
+
+
 def gram_sketch(b: BlockArgs, out_dim: int, seed: int) -> BlockArgs:
     z = _core.gram_sketch(b.rows, b.offsets, out_dim, seed)
     return BlockArgs(z, None, None, z.shape[0], z.shape[1])
