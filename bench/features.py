@@ -18,7 +18,7 @@ batched difference rows) against the exact joint Gram, and the Spearman correlat
 the demo pool between the two.
 
 Usage: python bench/features.py [--device cpu|cuda] [--threads 1 2] [--rounds 3] [--models chgnet]
-                                [--sets cells molecules] [--n 16] [--accuracy] [--json FILE]
+                                [--sets cells molecules] [--n 16] [--clock wall|cpu] [--accuracy] [--json FILE]
 """
 from __future__ import annotations
 
@@ -112,7 +112,7 @@ def methods(name: str, model, batch: int):
     }
 
 
-def measure(fn, structures, device: str):
+def measure(fn, structures, device: str, clock=time.perf_counter):
     """(seconds, peak MiB above the level before the call) of one call."""
     import ctypes
 
@@ -133,9 +133,9 @@ def measure(fn, structures, device: str):
         pass
     before = rss_mb()
     peak = PeakRSS().start()
-    t = time.perf_counter()
+    t = clock()
     fn(structures)
-    return time.perf_counter() - t, peak.stop_mb() - before
+    return clock() - t, peak.stop_mb() - before
 
 
 def throughput(args, name: str, model, set_name: str, threads: int) -> list[dict]:
@@ -153,7 +153,8 @@ def throughput(args, name: str, model, set_name: str, threads: int) -> list[dict
         order = list(fns)[r % len(fns):] + list(fns)[:r % len(fns)]  # rotate: no method always first
         for key in order:
             subset = structures[:loop_share] if "loop" in key else structures
-            seconds, peak = measure(fns[key], subset, args.device)
+            clock = time.process_time if args.clock == "cpu" else time.perf_counter
+            seconds, peak = measure(fns[key], subset, args.device, clock)
             times[key].append(seconds / len(subset))
             peaks[key] = max(peaks[key], peak)
     per = {k: float(np.median(v)) for k, v in times.items()}
@@ -229,6 +230,8 @@ def main():
     ap.add_argument("--n", type=int, default=16, help="structures per set (the loop times n / loop-fraction)")
     ap.add_argument("--loop-fraction", type=int, default=4)
     ap.add_argument("--batch", type=int, default=None, help="Featurizer batch_size (default: the featurizer's)")
+    ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
+                    help="cpu: this process's CPU seconds (one thread on a shared machine: other jobs do not count)")
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -239,7 +242,7 @@ def main():
 
     info = machine_info()
     print(f"# bench/features.py on {info['cpu']} ({info['cores']} cores), device {args.device}, commit {info['commit']}"
-          f"{' (with uncommitted changes)' if info['dirty'] else ''}, load average {info['loadavg']}")
+          f"{' (with uncommitted changes)' if info['dirty'] else ''}, load average {info['loadavg']}, {args.clock} clock")
     rows = []
     for name in args.models:
         model = load_model(name, args.device)
