@@ -112,25 +112,13 @@ class Featurizer:
                 raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}; got {value!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
             raise InvalidArgumentError(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
-        if force_rows is None:  # the studied default: k = 4 combinations where there are force rows
-            force_rows = "exact" if kernel in KERNELS_WITHOUT_FORCE_ROWS else 4
-        if force_rows != "exact":
-            if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
-                raise InvalidArgumentError(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
-            if kernel in KERNELS_WITHOUT_FORCE_ROWS:
-                raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
-                              "(it has no force rows); use kernel='force' or 'joint'")
+        force_rows, force_method, difference_step = _force_settings(kernel, force_rows, force_method, difference_step,
+                                                                    model.dtype, where)
         for name, value, low in (("batch_budget", batch_budget, 1), ("batch_size", batch_size, 1),
                                  ("graph_workers", graph_workers, 0)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
                 raise InvalidArgumentError(f"{where}: {name} must be None or an integer >= {low}; got {value!r}")
-        if force_method is None:
-            force_method = "autograd" if force_rows == "exact" else "difference"
-        choice(force_method, FORCE_METHODS, where, "force_method")
-        if difference_step is None:
-            difference_step = 1e-6 if model.dtype == torch.float64 else 3e-4
-        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight),
-                            ("difference_step", difference_step)):
+        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
             if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
                 raise InvalidArgumentError(f"{where}: {name} must be a finite number > 0; got {value!r}")
         if loss is not None and not isinstance(loss, Loss):
@@ -428,6 +416,26 @@ class Featurizer:
                     bar.update(len(group))
         bar.close()
         return Blocks.from_list(blocks)
+
+
+def _force_settings(kernel: str, force_rows, force_method, step, dtype, where: str) -> tuple:
+    """(force_rows, force_method, difference_step) with the defaults filled in and checked."""
+    if force_rows is None:  # the studied default: k = 4 combinations where there are force rows
+        force_rows = "exact" if kernel in KERNELS_WITHOUT_FORCE_ROWS else 4
+    if force_rows != "exact":
+        if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
+            raise InvalidArgumentError(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
+        if kernel in KERNELS_WITHOUT_FORCE_ROWS:
+            raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
+                                       "(it has no force rows); use kernel='force' or 'joint'")
+    if force_method is None:
+        force_method = "autograd" if force_rows == "exact" else "difference"
+    choice(force_method, FORCE_METHODS, where, "force_method")
+    if step is None:  # rounding error of a difference grows as 1/h, truncation as h (bench/RESULTS.md §2)
+        step = 1e-6 if dtype == torch.float64 else 3e-4
+    if not (isinstance(step, (int, float, np.floating)) and np.isfinite(step) and step > 0):
+        raise InvalidArgumentError(f"{where}: difference_step must be a finite number > 0; got {step!r}")
+    return force_rows, force_method, step
 
 
 def _project_pieces(sketch, flat, col0, pieces, target) -> None:
