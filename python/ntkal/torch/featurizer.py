@@ -74,9 +74,9 @@ class Featurizer:
         ``force_weight``. None: unit weights.
     batch_budget : int or None
         Rows of the model's batched graph (atoms + edges + angles ...; :class:`BatchedEnergy.size`) per pass
-        for models that evaluate many structures at once (the model adapters). Activation memory grows
-        with it (CHGNet: about 4 kB per row, so the CPU default 32,000 is ~130 MB; bench/RESULTS.md §2).
-        None: 32,000 on a CPU, 1,000,000 on a GPU.
+        for models that evaluate many structures at once (the model adapters). Working memory grows with it:
+        CHGNet's joint features peaked about 1 GB above the starting level at the CPU default, about 30 kB
+        per row (bench/RESULTS.md §2). None: 32,000 on a CPU, 500,000 on a GPU.
     batch_size : int or None
         Most structures per pass (also bounds the (B, P) gradient buffers: 2 B P numbers). None: 32 on a
         CPU, 512 on a GPU.
@@ -370,7 +370,7 @@ class Featurizer:
 
     def _batch_limits(self) -> tuple[int, int]:
         gpu = self.model.device.type != "cpu"
-        budget = self.batch_budget or (1_000_000 if gpu else 32_000)
+        budget = self.batch_budget or (500_000 if gpu else 32_000)
         return budget, self.batch_size or (512 if gpu else 32)
 
     def _embedding_row(self, atoms) -> np.ndarray:
