@@ -127,19 +127,10 @@ def test_jacobian_rows_equal_finite_differences(model):
 def test_many_structures_per_pass_equal_the_loop(model):
     """Batched rows (symmetric contractions, e3nn linears, radial networks split per structure) against the
     loop: energy rows to float64 rounding, difference force rows against exact mixed derivatives."""
-    import warnings
+    from _batched import batched_same_and_exact
 
-    from ntkal.torch import FunctionalModel
-    from ntkal.torch.batched import GradientPlan
-
-    assert GradientPlan.build(model.batched, model.names).fallback == []
     batch = list(structures().values())
-    loop = FunctionalModel(model.energy_fn, model.params, frozen=model.frozen, name=model.name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # the one-time check moves nothing to the loop
-        got = Featurizer(model, "joint", dim=32)(batch)
-    same = Featurizer(loop, "joint", dim=32)(batch)
-    exact = Featurizer(loop, "joint", dim=32, force_method="autograd")(batch)
+    got, same, exact = batched_same_and_exact(model, batch, 32)
     for i in range(len(batch)):
         np.testing.assert_allclose(got[i][0], same[i][0], rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(got[i][1:], same[i][1:], rtol=1e-6, atol=1e-8)

@@ -118,15 +118,12 @@ def test_sevennet_names_and_modal_errors():
                                         ("7net-mf-0", "PBE")])
 def test_every_shipped_checkpoint_featurizes_many_structures_per_pass(name, modal):
     """Batched rows of a ragged batch (cell, molecule, slab) equal the per-structure loop; nothing falls back."""
+    from _batched import batched_same_and_exact
     from ase.build import add_adsorbate, fcc111
-
-    from ntkal.torch import FunctionalModel
-    from ntkal.torch.batched import GradientPlan
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = models.load(name, modal=modal)
-    assert GradientPlan.build(m.batched, m.names).fallback == []
     si = bulk("Si", "diamond", a=5.43)
     si.rattle(0.03, seed=2)
     mol = molecule("CH3OH")
@@ -134,12 +131,7 @@ def test_every_shipped_checkpoint_featurizes_many_structures_per_pass(name, moda
     slab = fcc111("Cu", size=(2, 2, 2), vacuum=6.0)
     add_adsorbate(slab, "O", 1.9, "fcc")
     structures = [si, mol, slab]
-    loop = FunctionalModel(m.energy_fn, m.params, frozen=m.frozen, name=m.name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # the one-time check moves nothing to the loop
-        got = Featurizer(m, "joint", dim=64)(structures)
-    same = Featurizer(loop, "joint", dim=64)(structures)
-    exact = Featurizer(loop, "joint", dim=64, force_method="autograd")(structures)
+    got, same, exact = batched_same_and_exact(m, structures, 64)
     rel = lambda a, b: float(np.linalg.norm(a - b) / np.linalg.norm(b))  # noqa: E731
     for i in range(len(structures)):
         assert rel(got[i][0], same[i][0]) < 1e-5, (name, i)  # energy rows: one pass for all vs one each
