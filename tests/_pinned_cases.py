@@ -240,10 +240,13 @@ def score_store(featurizer, pool, path):
 
 
 def shortlist_stored(store, posterior, k, *, intensive=False):
-    """The k highest-PV structures of the store's 'pool' and every PV, through the product's store scoring."""
-    from ntkal.store_scoring import shortlist_store
+    """The k highest-PV structures of the store's 'pool' and every PV, through the product's store scoring
+    (``ntkal.screen`` of a feature store; ``store_scoring.shortlist_store`` before it)."""
+    import ntkal
 
-    return shortlist_store(store, posterior, k, intensive=intensive, progress=False)
+    found = ntkal.screen(store, posterior, "pool", shortlist=k, intensive=intensive, progress=False)
+    idx, pv = found.shortlists["*"]
+    return idx, pv, found.pool_pv
 
 
 def engine_cases() -> dict:

@@ -223,6 +223,22 @@ def _check_greedy_pv(clean, off, sel):
         picked.append(pick)
 
 
+def _check_variance_reduction(clean, off, sel):
+    """Each pick lowers the integrated variance over the candidates (the default target) the most given the picks
+    before it (reference scores, within float32 rounding of the rows), and its score is that reduction."""
+    o = ref._offsets_or_default(clean, off)
+    M = clean.T @ clean
+    picked = []
+    for pick, score in zip(sel.indices.tolist(), sel.scores):
+        train = np.concatenate([TRAIN.astype(np.float64)] + [clean[o[p]:o[p + 1]] for p in picked])
+        active = np.ones(len(o) - 1, dtype=bool)
+        active[picked] = False
+        gains = ref.variance_reduction_scores(clean, o, train, 0.1, M, active)
+        np.testing.assert_allclose(score, gains[pick], rtol=2e-3, atol=1e-6)
+        assert gains[pick] >= gains.max() * (1 - 5e-3) - 1e-6
+        picked.append(pick)
+
+
 def _check_distance_method(method, clean, off, use_train, sel):
     """The reference's picks and scores on the engine's own distance vectors (rows, or the Gram sketch
     of multi-row blocks; exact float64 distances of dyadic rows, so equal picks, ties included)."""
@@ -257,6 +273,8 @@ def test_select(data):
         kwargs["train_rows"] = TRAIN
     sel = outcome("select", lambda: ntkal.select(rows, off, n, method=method, **kwargs))
     valid = clean is not None and off_ok and method in ntkal.METHODS and 0 <= n <= n_blocks
+    if valid and method == "variance_reduction" and off is not None:  # blocks without rows are never picked
+        valid = n <= int(np.count_nonzero(np.diff(np.asarray(off))))
     if not counted(valid, "select", f"select[{method if method in ntkal.METHODS else 'bad method'}]"):
         assert sel is None
         return
@@ -274,6 +292,8 @@ def test_select(data):
         np.testing.assert_allclose(sel.scores, expect_pv[idx], rtol=2e-3, atol=1e-6)
     elif method == "greedy_pv":
         _check_greedy_pv(clean, off, sel)
+    elif method == "variance_reduction":
+        _check_variance_reduction(clean, off, sel)
     else:
         _check_distance_method(method, clean, off, use_train and method in ("lcmd", "maxdist"), sel)
 

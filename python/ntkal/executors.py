@@ -11,7 +11,7 @@ import contextlib
 import uuid
 
 from .errors import InvalidArgumentError
-from .screen import ChunkContext, ChunkResult, run_chunk
+from .chunk_task import ChunkContext, ChunkResult, run_chunk
 
 __all__ = ["InProcess", "DaskExecutor", "executor_for"]
 
@@ -135,7 +135,7 @@ def executor_for(client=None, workers: int = 1, *, where: str = "acquire", sched
         distributed = _dask(where)
         import dask
 
-        # no MALLOC_TRIM_THRESHOLD_ in our workers' environment (see screen._generous_malloc)
+        # no MALLOC_TRIM_THRESHOLD_ in our workers' environment (see chunk_task._generous_malloc)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = _local_cluster(distributed, workers)
         return DaskExecutor(distributed.Client(cluster), owns=True)

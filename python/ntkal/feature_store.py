@@ -19,7 +19,7 @@ for the checks).
 Two kinds of reading. The writers (``acquire``, ``compute_features``: :meth:`FeatureStore.load`) hold
 the structures: a chunk that fails any check is moved aside and recomputed, never used. The readers
 (:meth:`~FeatureStore.read`, :meth:`~FeatureStore.iter_blocks`, :meth:`~FeatureStore.take`,
-:meth:`~FeatureStore.to_dask`, ``store_scoring.shortlist_store``) cannot recompute: they read a label
+:meth:`~FeatureStore.to_dask`, :func:`ntkal.screen` of a store) cannot recompute: they read a label
 through its record only, and a gap, a chunk of other structures or a failed check raises
 :class:`FeatureStoreError` naming the label, the structures and the check. Readers never change the
 store (it may be read-only, or being written by another screen). A label written by an ntkal without
