@@ -211,16 +211,24 @@ def _featurizer(args):
                       loss=None if args.loss is None else Loss(*args.loss), progress=False)
 
 
-def _write_selection(path, pool, result, extra_info=None):
+def _write_selection(path, chosen, result):
+    """The chosen structures (pick order) with their scores in atoms.info."""
     from .structures import write_structures
 
-    chosen = pool.take(result.indices)
     info = [{"ntkal_index": int(i), "ntkal_pv": float(p), "ntkal_score": float(s), "ntkal_rank": r}
             for r, (i, p, s) in enumerate(zip(result.indices, result.pv, result.scores))]
-    if extra_info is not None:
-        for d, i in zip(info, result.indices):
-            d.update(extra_info(int(i)))
     write_structures(path, chosen, info=info)
+
+
+def _sources(args, scratch: str, where: str):
+    """(pool, train) of a command, spooled under ``scratch``: each file is parsed once, by the run's check pass;
+    the command's later reads (its picks, its report) load the parsed structures back."""
+    from .structures import StructureSource
+
+    pool = StructureSource(args.pool, where=where, arg="--pool").spooled(os.path.join(scratch, "pool"))
+    train = None if args.train is None else StructureSource(args.train, where=where, arg="--train").spooled(
+        os.path.join(scratch, "train"))
+    return pool, train
 
 
 def _write_skipped(out, skipped: list) -> None:
@@ -246,25 +254,27 @@ def _sample_for_plot(args, n_pool: int):
 
 
 def cmd_select(args) -> int:
+    import tempfile
+
     from .acquire import acquire
-    from .structures import StructureSource
 
     t0 = time.perf_counter()
     featurizer = _featurizer(args)
     t_model = time.perf_counter() - t0
-    pool = StructureSource(args.pool, where="ntkal select", arg="--pool")
-    train = None if args.train is None else StructureSource(args.train, where="ntkal select", arg="--train")
-    sample = _sample_for_plot(args, len(pool))
-    result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
-                     noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
-                     progress=not args.no_progress, intensive=args.intensive, on_features=sample,
-                     on_error=args.on_error, strata=args.strata, calibrate=args.calibrate, target=args.target,
-                     workers=args.workers, client=_client(args))
-    _write_selection(args.out, pool, result)
+    with tempfile.TemporaryDirectory(prefix="ntkal-select-") as scratch:
+        pool, train = _sources(args, scratch, "ntkal select")
+        sample = _sample_for_plot(args, len(pool))
+        result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
+                         noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
+                         progress=not args.no_progress, intensive=args.intensive, on_features=sample,
+                         on_error=args.on_error, strata=args.strata, calibrate=args.calibrate, target=args.target,
+                         workers=args.workers, client=_client(args))
+        chosen = pool.take(result.indices)
+    _write_selection(args.out, chosen, result)
     _write_skipped(args.out, result.skipped)
     print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
           f"P {featurizer.n_params}, d {featurizer.dim}")
-    print(result.summary(max_items=len(result), structures=pool.take(result.indices)))
+    print(result.summary(max_items=len(result), structures=chosen))
     if sample is not None:
         from .plot import plot_screen
         from .select import distance_vectors
@@ -281,44 +291,26 @@ def cmd_select(args) -> int:
 
 
 def cmd_score(args) -> int:
-    import csv
+    import tempfile
 
-    from .acquire import acquire
-    from .structures import StructureSource, write_structures
+    from .screen import screen
 
     t0 = time.perf_counter()
     featurizer = _featurizer(args)
-    pool = StructureSource(args.pool, where="ntkal score", arg="--pool")
-    train = None if args.train is None else StructureSource(args.train, where="ntkal score", arg="--train")
-    sample = _sample_for_plot(args, len(pool))
-    result = acquire(featurizer, train, pool, 1, strategy="topk", shortlist=1, noise_var=args.noise_var,
-                     seed=args.seed, chunk_size=args.chunk_size, cache=args.cache, progress=not args.no_progress,
-                     on_features=sample, on_error=args.on_error, workers=args.workers, client=_client(args))
-    pv = result.pool_pv
-    left_out = {i: reason for label, i, reason in result.skipped if label == "pool"}
-    rows, keys = [], []
-    for start, chunk in pool.chunks(args.chunk_size):
-        for i, atoms in enumerate(chunk):
-            extra = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool, np.number))}
-            keys += [k for k in extra if k not in keys]
-            n_rows = featurizer.n_rows(atoms)
-            rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
-                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1),
-                         "skipped": left_out.get(start + i, ""), **extra})
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", "skipped", *keys])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
-    if args.write_info:
-        write_structures(args.write_info, [a for _, c in pool.chunks(args.chunk_size) for a in c],
-                         info=[{"ntkal_pv": r["pv"]} for r in rows])
+    with tempfile.TemporaryDirectory(prefix="ntkal-score-") as scratch:
+        pool, train = _sources(args, scratch, "ntkal score")
+        sample = _sample_for_plot(args, len(pool))
+        found = screen(featurizer, train, pool, shortlist=1, noise_var=args.noise_var, chunk_size=args.chunk_size,
+                       cache=args.cache, progress=not args.no_progress, on_features=sample, on_error=args.on_error,
+                       workers=args.workers, client=_client(args))
+        rows, keys, annotated = _score_rows(args, featurizer, pool, found)
+    _write_scores(args, rows, keys, annotated)
+    pv = found.pool_pv
     order = np.argsort(-np.nan_to_num(pv, nan=-np.inf), kind="stable")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} structure(s) the model could not take (reason in the CSV's skipped column)")
+    if found.skipped:
+        print(f"skipped {len(found.skipped)} structure(s) the model could not take (reason in the CSV's skipped column)")
     print(f"scored {len(pv)} structures in {time.perf_counter() - t0:.1f}s ({featurizer.model.name}, {featurizer.kernel}, "
-          f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+          f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in found.timings.items()))
     print(f"PV: median {np.nanmedian(pv):.4g}, 90th percentile {np.nanpercentile(pv, 90):.4g}, max {np.nanmax(pv):.4g} "
           f"(pool index {int(order[0])}, {rows[int(order[0])]['formula']})")
     if sample is not None:
@@ -329,6 +321,39 @@ def cmd_score(args) -> int:
         print(f"wrote the picture to {args.plot}")
     print(f"wrote {args.out}" + (f" and {args.write_info}" if args.write_info else ""))
     return 0
+
+
+def _score_rows(args, featurizer, pool, found):
+    """One pass over the (spooled) pool: the CSV rows, their extra columns, and the annotated structures."""
+    pv = found.pool_pv
+    left_out = {i: reason for label, i, reason in found.skipped if label == "pool"}
+    rows, keys, annotated = [], [], []
+    for start, chunk in pool.chunks(args.chunk_size):
+        for i, atoms in enumerate(chunk):
+            extra = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool, np.number))}
+            keys += [k for k in extra if k not in keys]
+            n_rows = featurizer.n_rows(atoms)
+            rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
+                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1),
+                         "skipped": left_out.get(start + i, ""), **extra})
+            if args.write_info:
+                annotated.append(atoms)
+    return rows, keys, annotated
+
+
+def _write_scores(args, rows, keys, annotated) -> None:
+    import csv
+
+    from .structures import write_structures
+
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", "skipped", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    if args.write_info:
+        write_structures(args.write_info, annotated, info=[{"ntkal_pv": r["pv"]} for r in rows])
 
 
 def cmd_features(args) -> int:
@@ -345,7 +370,6 @@ def cmd_features(args) -> int:
 
 def cmd_demo(args) -> int:
     from .acquire import acquire
-    from .structures import StructureSource
 
     times = {}
     t = time.perf_counter()
@@ -359,7 +383,7 @@ def cmd_demo(args) -> int:
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, noise_var=args.noise_var,
                      seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, on_error=args.on_error,
                      workers=args.workers)
-    _write_selection(args.out, StructureSource(pool), result)
+    _write_selection(args.out, [pool[int(i)] for i in result.indices], result)
     temps = np.array([a.info["temperature_K"] for a in pool], dtype=float)
     fmax = np.array([a.info["emt_max_force"] for a in pool])
     sel = result.indices

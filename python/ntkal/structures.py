@@ -113,8 +113,8 @@ class StructureSource:
         """This source, parsed once: the first full pass over its file (:meth:`chunks`) pickles the parsed,
         checked structures chunk by chunk under ``directory``; every later read (:meth:`chunks`, :meth:`read`,
         :meth:`take`) loads them from there instead of parsing the file again. The directory then holds about
-        the file's size. A source in memory is returned as it is."""
-        if self.kind == "list":
+        the file's size. A source in memory, or one spooled already, is returned as it is."""
+        if self.kind == "list" or self._spool is not None:
             return self
         spooled = StructureSource.__new__(StructureSource)
         spooled.__dict__.update(self.__dict__)

@@ -289,11 +289,14 @@ class Featurizer:
         """
         self._check(atoms, "Featurizer.features")
         with self._threads():
-            if self.kernel == "embedding":
-                return self._embedding_row(atoms).astype(np.float32)
-            if self._batched() is not None:
-                return self._batched_features([atoms], self._batched().graphs([atoms]))[0]
-            return self._loss_weighted(self._features(atoms), len(atoms))
+            return self._unchecked_features(atoms)
+
+    def _unchecked_features(self, atoms):
+        if self.kernel == "embedding":
+            return self._embedding_row(atoms).astype(np.float32)
+        if self._batched() is not None:
+            return self._batched_features([atoms], self._batched().graphs([atoms]))[0]
+        return self._loss_weighted(self._features(atoms), len(atoms))
 
     def _loss_weighted(self, rows, n_atoms: int):
         """Rows times the loss's per-structure weights (the projection is linear: weighting after it is exact)."""
@@ -308,9 +311,11 @@ class Featurizer:
             rows[first:] *= force
         return rows
 
-    def predict_forces(self, atoms) -> np.ndarray:
-        """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration."""
-        self._check(atoms, "Featurizer.predict_forces")
+    def predict_forces(self, atoms, *, checked: bool = False) -> np.ndarray:
+        """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration.
+        ``checked``: the caller has run :meth:`check` on it already."""
+        if not checked:
+            self._check(atoms, "Featurizer.predict_forces")
         with self._threads():
             pos = self.base_model.positions(atoms, requires_grad=True)
             energy = self.base_model.energy(atoms, positions=pos)
@@ -381,7 +386,7 @@ class Featurizer:
         return row
 
     # ---- many structures --------------------------------------------------------------
-    def __call__(self, structures, *, progress: bool | None = None, desc: str = "features"):
+    def __call__(self, structures, *, progress: bool | None = None, desc: str = "features", checked: bool = False):
         """Feature blocks of a list of structures.
 
         Parameters
@@ -389,6 +394,9 @@ class Featurizer:
         structures : sequence of ase.Atoms
         progress : bool, optional
             tqdm bar on stderr (default: the featurizer's ``progress``).
+        checked : bool
+            The caller has run :meth:`check` on every structure already (a screen's check pass): not again
+            (for CHGNet a check builds a neighbour list).
 
         Returns
         -------
@@ -398,16 +406,18 @@ class Featurizer:
         structures = list(structures)
         if not structures:
             raise InvalidArgumentError("Featurizer: structures must hold at least one ase.Atoms; got an empty list")
-        for i, atoms in enumerate(structures):
-            self._check(atoms, "Featurizer", f"structures[{i}]")
+        if not checked:
+            for i, atoms in enumerate(structures):
+                self._check(atoms, "Featurizer", f"structures[{i}]")
         show = self.progress if progress is None else progress
         bar = progress_bar(len(structures), show, desc)
         blocks = []
         source = self._batched() if self.kernel != "embedding" else None
         if source is None:
-            for atoms in structures:
-                blocks.append(self.features(atoms))
-                bar.update(1)
+            with self._threads():
+                for atoms in structures:
+                    blocks.append(self._unchecked_features(atoms))
+                    bar.update(1)
         else:
             with self._threads():
                 for group, graphs in grouped(self._graph_feed().graphs(structures), self.model.batched.size,
