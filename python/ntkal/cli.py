@@ -78,9 +78,11 @@ def _add_on_error(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=512, rows_default="4"):
     g = p.add_argument_group("model and features")
-    g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet (SevenNet-0), a SevenNet checkpoint "
-                   "the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, 7net-mf-0) or toy (default chgnet)")
-    g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped weights")
+    g.add_argument("--model", default="chgnet", help="model name: chgnet, mace (with --checkpoint), sevennet "
+                   "(SevenNet-0), a SevenNet checkpoint the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, "
+                   "7net-mf-0) or toy (default chgnet); ntkal.torch.models.REGISTRY lists them")
+    g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped "
+                   "weights, or a MACE model file")
     g.add_argument("--modal", default=None, help="fidelity of a multi-fidelity SevenNet (7net-mf-0), e.g. PBE")
     g.add_argument("--allow-unsafe-load", action="store_true", help="--model mace: let the model file run the code it "
                    "stores while loading (MACE files embed e3nn's generated modules); only for a file you trust")
@@ -184,27 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _featurizer(args):
     from .torch import Featurizer, Loss, models
 
-    if args.model.lower() not in models.names():
-        raise InvalidArgumentError(f"--model must be one of {', '.join(models.names())}; got {args.model!r}")
-    sevennet = args.model.lower() == "sevennet" or args.model.lower() in models.SEVENNET_SHIPPED
-    kwargs = {"device": args.device}
-    if args.checkpoint is not None:
-        if args.model not in ("chgnet", "mace") and not sevennet:
-            raise InvalidArgumentError(f"--checkpoint needs --model chgnet, sevennet or mace; got --model {args.model}")
-        kwargs["checkpoint"] = args.checkpoint
-    if args.modal is not None:
-        if not sevennet:
-            raise InvalidArgumentError(f"--modal is for a multi-fidelity SevenNet (7net-mf-0); got --model {args.model}")
-        kwargs["modal"] = args.modal
-    if args.model == "mace":
-        if args.checkpoint is None:
-            raise InvalidArgumentError("--model mace needs --checkpoint FILE (a MACE model file as mace-torch saves it)")
-        kwargs = {"model": args.checkpoint, "device": args.device, "allow_unsafe_load": args.allow_unsafe_load}
-    elif args.allow_unsafe_load:
-        raise InvalidArgumentError("--allow-unsafe-load is only for --model mace")
-    if args.model == "toy":
-        kwargs = {}
-    model = models.load(args.model, **kwargs)
+    model = models.from_options(args.model, where=f"ntkal {args.command}", arg="--model", checkpoint=args.checkpoint,
+                                modal=args.modal, device=args.device, allow_unsafe_load=args.allow_unsafe_load)
     return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
                       force_method=args.force_method,
                       energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ...errors import InvalidArgumentError
-from ..batched import BatchedEnergy
+from ...errors import InvalidArgumentError, fail
 from ..functional import FunctionalModel
+from ._common import Adapter, GraphCache, functional_model
 from ._safe_load import called_globals, check_global
 
-__all__ = ["MACE_READOUT", "mace"]
+__all__ = ["ADAPTER", "MACE_READOUT", "mace"]
 
 MACE_READOUT = ("readouts.*",)
 # Rows of the parameter-owning modules in a batch: the radial basis and the radial networks that weight the
@@ -152,17 +152,8 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
         raise InvalidArgumentError(f"{where}: head must be one of {heads}; got {head!r}")
     head_index = heads.index(head) if head is not None else 0
 
-    graph_cache: dict = {}
     builder = _GraphBuilder(z_table.zs, r_max, heads, head_index, dtype)
-
-    def graph_of(atoms):
-        from ...structures import structure_digest
-
-        key = structure_digest(atoms)
-        if key not in graph_cache:
-            graph_cache.clear()
-            graph_cache[key] = _collate([builder(atoms)], dtype, device)
-        return graph_cache[key]
+    graph_of = GraphCache(lambda atoms: _collate([builder(atoms)], dtype, device))
 
     def energy(p, positions, atoms):
         batch = dict(graph_of(atoms))
@@ -170,14 +161,10 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
         out = torch.func.functional_call(net, p, (batch,), {"compute_force": False, "training": False})
         return out["energy"].reshape(-1)[0]
 
-    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
-    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
-    frozen.update(dict(net.named_buffers()))
-    batched = BatchedEnergy(net, builder, lambda graphs, positions: _batch_energies(net, graphs, positions, dtype, device),
-                            MACE_ROW_KINDS, _graph_size)
-    fm = FunctionalModel(energy, trainable, frozen=frozen, readout=MACE_READOUT, supported_numbers=z_table.zs,
-                         name=name, batched=batched)
-    return fm.select(params)
+    return functional_model(net, energy, graph=builder, row_kinds=MACE_ROW_KINDS, graph_size=_graph_size,
+                            batch_energies=lambda graphs, positions: _batch_energies(net, graphs, positions, dtype,
+                                                                                     device),
+                            params=params, readout=MACE_READOUT, supported_numbers=z_table.zs, name=name)
 
 
 class _GraphBuilder:
@@ -221,3 +208,7 @@ def _batch_energies(net, graphs: list, positions: list, dtype, device):
     out = net(batch, compute_force=False, training=False)
     owners = batch["batch"]
     return out["energy"].reshape(-1), {"atoms": owners, "edges": owners[batch["edge_index"][0]]}
+
+
+ADAPTER = Adapter(mace, options={"checkpoint": "model", "device": "device", "allow_unsafe_load": "allow_unsafe_load"},
+                  required=("checkpoint",), summary="a MACE model file as mace-torch saves it (extra [mace])")
