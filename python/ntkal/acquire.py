@@ -226,8 +226,8 @@ def _select_per_stratum(found: Screen, n: int, method: str, strategy: str, seed:
     total = sum(found.available.values())
     if total < n:
         fail("acquire", f"n={n}, but only {total} pool structures are candidates after leaving out "
-             f"{len([1 for lab, _, _ in found.skipped if lab == 'pool'])} skipped and {found.excluded.size} "
-             "already in the training set")
+                        f"{len([1 for lab, _, _ in found.skipped if lab == 'pool'])} skipped and {found.excluded.size} "
+                        "already in the training set")
     split = quotas(found.available, n)
     indices, scores, short_all, picked_blocks = [], [], [], []
     for key in sorted(split):

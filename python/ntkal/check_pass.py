@@ -74,7 +74,7 @@ class CheckPass:
         if problems and self.on_error == "stop":
             more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
             fail(self.where, f"{len(problems)} {arg or label} structure(s) of {src.describe()} cannot be featurized by this "
-                 "model; nothing was computed:\n  " + "\n  ".join(problems[:5]) + more)
+                             "model; nothing was computed:\n  " + "\n  ".join(problems[:5]) + more)
         if label == "train" and self.calibrate == "auto":  # on when every training structure carries forces
             self.calibrate = "on" if all(f is not None for f in out.forces) else "off"
         return out
@@ -107,10 +107,10 @@ def reference_forces(atoms, where: str, arg: str) -> np.ndarray:
         forces = atoms.get_forces() if atoms.calc is not None else atoms.arrays.get("forces")
     except Exception as exc:  # noqa: BLE001 - a calculator without forces
         fail(where, f"{arg} has no reference forces ({type(exc).__name__}: {exc}); calibrate needs labelled "
-             "training structures", cause=exc)
+                    "training structures", cause=exc)
     if forces is None:
         fail(where, f"{arg} has no reference forces; calibrate needs labelled training structures (extxyz forces or "
-             "an ASE db with forces)")
+                    "an ASE db with forces)")
     return np.asarray(forces, dtype=np.float64)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from ._device import to_numpy
 from .blocks import Blocks
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, fail
 from .topk import top_k
 
 __all__ = ["ChunkTask", "ChunkContext", "ChunkResult", "run_chunk", "pack", "unpack", "featurize_chunk"]
@@ -117,9 +117,8 @@ def featurize_chunk(featurizer, structures, first: int, label: str, left_out: di
 
 def _check_blocks(blocks, n):
     if not isinstance(blocks, Blocks) or len(blocks) != n:
-        raise InvalidArgumentError(
-            f"acquire: featurizer must return ntkal.Blocks with one block per structure; got "
-            f"{type(blocks).__name__} of length {len(blocks) if hasattr(blocks, '__len__') else '?'}")
+        fail("acquire", f"featurizer must return ntkal.Blocks with one block per structure; got "
+                        f"{type(blocks).__name__} of length {len(blocks) if hasattr(blocks, '__len__') else '?'}")
 
 
 def _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc):
@@ -131,12 +130,11 @@ def _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, w
             if on_error == "skip":
                 skipped[i] = f"{type(one).__name__}: {one}"
                 continue
-            raise InvalidArgumentError(
-                f"{where}: {label}[{first + i}] ({structures[i].get_chemical_formula()}) could not be "
-                f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store") from one
+            fail(where, f"{label}[{first + i}] ({structures[i].get_chemical_formula()}) could not be "
+                        f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store", cause=one)
     if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
-        raise InvalidArgumentError(f"{where}: {label}[{first}...{first + len(structures) - 1}] could not be "
-                                   f"featurized together: {type(exc).__name__}: {exc}") from exc
+        fail(where, f"{label}[{first}...{first + len(structures) - 1}] could not be "
+                    f"featurized together: {type(exc).__name__}: {exc}", cause=exc)
     return parts
 
 
@@ -148,8 +146,8 @@ def _with_empty_blocks(parts: dict, n: int, dim) -> Blocks:
         rows = [to_numpy(parts[i]).astype(np.float32, copy=False) for i in range(n) if i in parts]
         return Blocks(np.concatenate(rows), offsets)
     if dim is None:
-        raise InvalidArgumentError("acquire: every structure of a chunk was left out before the feature width was "
-                                   "known (embedding kernel); nothing to score")
+        fail("acquire", "every structure of a chunk was left out before the feature width was "
+                        "known (embedding kernel); nothing to score")
     return Blocks(np.zeros((0, int(dim)), np.float32), offsets)
 
 
@@ -167,8 +165,8 @@ def _store(path: str, fingerprint: str, writable: bool = True):
         else:  # only read: the store may be read-only
             store = FeatureStore(path)
             if store.fingerprint != fingerprint:
-                raise InvalidArgumentError(f"FeatureStore: path {path!r} now holds features of another featurizer "
-                                           f"(fingerprint {store.fingerprint[:16]}..., expected {fingerprint[:16]}...)")
+                fail("FeatureStore", f"path {path!r} now holds features of another featurizer "
+                                     f"(fingerprint {store.fingerprint[:16]}..., expected {fingerprint[:16]}...)")
             _STORES[key] = store
     return _STORES[key]
 

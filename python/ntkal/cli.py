@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, fail
 from .options import CALIBRATE, FORCE_METHODS, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
 
 __all__ = ["main", "build_parser"]
@@ -114,11 +114,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
-                                     "pick which structures to label next.")
-    sub = parser.add_subparsers(dest="command", metavar="{select,score,features,demo}")
-
+def _add_select(sub) -> None:
     p = sub.add_parser("select", help="select a batch from a pool", description="Score a pool with the model's NTK "
                        "posterior variance and select a diverse batch; writes the chosen structures with their "
                        "scores in atoms.info (ntkal_index, ntkal_pv, ntkal_score, ntkal_rank).")
@@ -144,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="posterior variance of every pool structure, no selection",
                        description="Score every pool structure with the model's NTK posterior variance given the "
                        "training set and write a CSV (index, formula, atoms, PV, PV per row, the structures' "
@@ -159,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="write feature blocks to a feature store", description="Featurize the "
                        "structures into the feature store OUT (a zarr v3 directory, label 'structures'): chunk by "
                        "chunk, resumable; read it with ntkal.feature_store.FeatureStore(OUT).read('structures') or "
@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end-to-end demo on a generated Cu/CuAu pool with pretrained CHGNet",
                        description="Generate Cu/CuAu cells by EMT molecular dynamics at several temperatures, "
                        "featurize them with pretrained CHGNet (joint NTK, k force rows), select a batch, "
@@ -180,6 +182,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     _add_on_error(p)
     _add_model_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
+                                     "pick which structures to label next.")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for add_arguments, _ in COMMANDS.values():
+        add_arguments(sub)
     return parser
 
 
@@ -389,6 +399,14 @@ def cmd_demo(args) -> int:
     return 0
 
 
+# the commands: name -> (the function adding its arguments, the function running it); one line each
+COMMANDS = {
+    "select": (_add_select, cmd_select),
+    "score": (_add_score, cmd_score),
+    "features": (_add_features, cmd_features),
+    "demo": (_add_demo, cmd_demo),
+}
+
 # every path a command writes, as (attribute, option, kind): checked before the model loads, so a typo in a
 # directory name costs nothing instead of a whole featurization
 OUTPUTS = {
@@ -409,19 +427,19 @@ def _check_outputs(args) -> None:
         path = os.path.abspath(value)
         if kind == "directory":
             if os.path.exists(path) and not os.path.isdir(path):
-                raise InvalidArgumentError(f"argument {option}: {value!r} exists and is not a directory")
+                fail(f"argument {option}", f"{value!r} exists and is not a directory")
             parent = path
             while not os.path.exists(parent):  # the store creates missing parents
                 parent = os.path.dirname(parent)
         else:
             if os.path.isdir(path):
-                raise InvalidArgumentError(f"argument {option}: {value!r} is a directory; expected a file name")
+                fail(f"argument {option}", f"{value!r} is a directory; expected a file name")
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
-                raise InvalidArgumentError(f"argument {option}: the directory {os.path.dirname(value) or '.'!r} of "
+                fail(f"argument {option}", f"the directory {os.path.dirname(value) or '.'!r} of "
                                            f"{value!r} does not exist")
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-            raise InvalidArgumentError(f"argument {option}: cannot write {value!r}: {parent!r} is not a writable "
+            fail(f"argument {option}", f"cannot write {value!r}: {parent!r} is not a writable "
                                        "directory")
         if kind == "structures":
             from .structures import check_structure_output
@@ -436,11 +454,11 @@ def _check_picture(value: str, option: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise InvalidArgumentError(f"argument {option} needs matplotlib (pip install 'ntkal[plot]')") from None
+        fail(f"argument {option}", "needs matplotlib (pip install 'ntkal[plot]')")
     suffix = os.path.splitext(value)[1].lower().lstrip(".")
     supported = Figure().canvas.get_supported_filetypes()
     if suffix and suffix not in supported:
-        raise InvalidArgumentError(f"argument {option}: matplotlib cannot write .{suffix} pictures; use one of "
+        fail(f"argument {option}", f"matplotlib cannot write .{suffix} pictures; use one of "
                                    f"{', '.join('.' + s for s in sorted(supported))}")
 
 
@@ -454,7 +472,7 @@ def main(argv=None) -> int:
         os.environ["NTKAL_NO_PROGRESS"] = "1"
     try:
         _check_outputs(args)
-        return {"select": cmd_select, "score": cmd_score, "features": cmd_features, "demo": cmd_demo}[args.command](args)
+        return COMMANDS[args.command][1](args)
     except InvalidArgumentError as exc:
         message = str(exc).removeprefix(f"ntkal {args.command}: ")
         print(f"ntkal {args.command}: error: {message}", file=sys.stderr)

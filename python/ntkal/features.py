@@ -145,7 +145,7 @@ class Precomputed:
         check_atoms(atoms, where=where, arg=arg)
         if structure_digest(atoms) not in self.index:
             fail(where, f"{arg} ({atoms.get_chemical_formula()}) has no precomputed features: it is none of the "
-                 f"{len(self.index)} structures they were computed for")
+                        f"{len(self.index)} structures they were computed for")
 
     def __call__(self, structures, *, checked: bool = False) -> Blocks:
         """The features of ``structures`` (each checked unless ``checked``)."""

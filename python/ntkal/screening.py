@@ -124,7 +124,7 @@ class Screening:
         has_train = self.train is not None and len(self.train) > 0
         if self.opts.calibrate == "on" and not hasattr(self.featurizer, "predict_forces"):
             fail(self.where, "calibrate='on' needs a featurizer with predict_forces(atoms) (the model's residuals); "
-                 f"{type(self.featurizer).__name__} has none")
+                             f"{type(self.featurizer).__name__} has none")
         if self.opts.calibrate == "on" and not has_train:
             fail(self.where, "calibrate='on' needs labelled training structures; train is empty")
 

@@ -134,7 +134,7 @@ def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior 
         with_rows = int(np.count_nonzero(np.diff(b.offsets_host)))
         if n > with_rows:  # a block without rows lowers no variance: it is never picked
             fail(where, f"n must be <= {with_rows}, the candidates with feature rows, for method='variance_reduction'; "
-                 f"got {n}")
+                        f"got {n}")
     posterior = _posterior(posterior, method, b, train, backend, noise_var, precision, where)
     c = _Candidates(backend, b, n, posterior, train, seed, precision, matmul, (target_rows, target_offsets, target_gram))
     idx, scores = _RULES[method](c)

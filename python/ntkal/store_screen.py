@@ -37,7 +37,7 @@ def screen_store(store, train, pool: str = "pool", *, k: int, noise_var: float =
     fs = store if isinstance(store, FeatureStore) else FeatureStore(store, where=where, arg="store")
     if not isinstance(pool, str):
         fail(where, f"pool must name a stored label when the first argument is a feature store; got "
-             f"{type(pool).__name__}")
+                    f"{type(pool).__name__}")
     chunks = fs.recorded_chunks(pool)  # the label as recorded when complete; a gap raises here, before any work
     n = chunks[-1][1]
     k = as_int(k, where, "shortlist", low=1, high=n)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import fail
 
 __all__ = ["composition_key", "quotas"]
 
@@ -37,10 +37,10 @@ def quotas(counts: dict, n: int, *, weights: dict | None = None) -> dict:
     keys = sorted(counts)
     size = np.array([int(counts[k]) for k in keys], dtype=np.int64)
     if n > size.sum():
-        raise InvalidArgumentError(f"quotas: n={n} is larger than the {int(size.sum())} candidates")
+        fail("quotas", f"n={n} is larger than the {int(size.sum())} candidates")
     w = size.astype(np.float64) if weights is None else np.array([float(weights.get(k, 0.0)) for k in keys])
     if np.any(~np.isfinite(w)) or np.any(w < 0):
-        raise InvalidArgumentError("quotas: weights must be finite and >= 0")
+        fail("quotas", "weights must be finite and >= 0")
     w = np.where(size > 0, w, 0.0)
     if w.sum() <= 0:
         w = size.astype(np.float64)

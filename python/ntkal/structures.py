@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidArgumentError, fail
+from .errors import fail
 
 __all__ = ["StructureSource", "check_atoms", "check_structure_output", "structure_digest", "write_structures"]
 
@@ -90,7 +90,7 @@ class StructureSource:
         if isinstance(source, (str, os.PathLike)):
             path = Path(source)
             if not path.is_file():
-                raise InvalidArgumentError(f"{where}: {arg} file not found: {str(path)!r}")
+                fail(where, f"{arg} file not found: {str(path)!r}")
             self.path = str(path.resolve())
             self.kind = "db" if path.suffix.lower() in DB_SUFFIXES else "file"
             self.count = self._count()
@@ -101,7 +101,7 @@ class StructureSource:
             self.kind = "list"
             self.count = len(self._atoms)
         else:
-            raise InvalidArgumentError(f"{where}: {arg} must be a list of ase.Atoms or a file path; got {type(source).__name__}")
+            fail(where, f"{arg} must be a list of ase.Atoms or a file path; got {type(source).__name__}")
 
     def __len__(self) -> int:
         return self.count
@@ -130,7 +130,7 @@ class StructureSource:
                 with ase.db.connect(self.path) as db:
                     return db.count()
             except Exception as exc:
-                raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} is not a readable ASE database: {exc}") from exc
+                fail(self.where, f"{self.arg} {self.path!r} is not a readable ASE database: {exc}", cause=exc)
         if self.path.lower().endswith(XYZ_SUFFIXES):
             return _count_xyz(self.path, self.where, self.arg)
         n = 0
@@ -149,8 +149,8 @@ class StructureSource:
                 yield atoms
                 position += 1
         except Exception as exc:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} could not be read at structure {position}: "
-                           f"{type(exc).__name__}: {exc}") from exc
+            fail(self.where, f"{self.arg} {self.path!r} could not be read at structure {position}: "
+                             f"{type(exc).__name__}: {exc}", cause=exc)
 
     def _iter_db(self, start: int, stop: int | None) -> Iterator:
         import ase.db
@@ -162,7 +162,7 @@ class StructureSource:
                     atoms = row.toatoms(add_additional_information=False)
                     yield atoms
         except Exception as exc:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.path!r} could not be read: {type(exc).__name__}: {exc}") from exc
+            fail(self.where, f"{self.arg} {self.path!r} could not be read: {type(exc).__name__}: {exc}", cause=exc)
 
     def read(self, start: int = 0, stop: int | None = None) -> list:
         """Structures ``start:stop`` as a list of ase.Atoms (checked)."""
@@ -176,8 +176,8 @@ class StructureSource:
         else:
             out = list(self._iter_file(start, stop))
         if len(out) != stop - start:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.describe()!r} yielded {len(out)} structures for "
-                           f"[{start}, {stop}); the file changed or is corrupt")
+            fail(self.where, f"{self.arg} {self.describe()!r} yielded {len(out)} structures for "
+                             f"[{start}, {stop}); the file changed or is corrupt")
         for i, atoms in enumerate(out):
             _check(atoms, self.where, self.arg, start + i)
         return out
@@ -226,8 +226,8 @@ class StructureSource:
         if buf:
             yield start, buf
         if start + len(buf) != self.count:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {self.describe()!r} yielded {start + len(buf)} structures, "
-                           f"expected {self.count}; the file changed while reading")
+            fail(self.where, f"{self.arg} {self.describe()!r} yielded {start + len(buf)} structures, "
+                             f"expected {self.count}; the file changed while reading")
 
 
 class _Spool:
@@ -288,11 +288,11 @@ def _count_xyz(path: str, where: str, arg: str) -> int:
             try:
                 natoms = int(head.split()[0])
             except ValueError:
-                raise InvalidArgumentError(f"{where}: {arg} {path!r} is not an extended XYZ file: line {line_no} should "
-                               f"hold an atom count; got {head[:60]!r}") from None
+                fail(where, f"{arg} {path!r} is not an extended XYZ file: line {line_no} should "
+                            f"hold an atom count; got {head[:60]!r}", cause=None)
             for _ in range(natoms + 1):
                 if not fh.readline():
-                    raise InvalidArgumentError(f"{where}: {arg} {path!r} is truncated: frame {n} announces {natoms} atoms")
+                    fail(where, f"{arg} {path!r} is truncated: frame {n} announces {natoms} atoms")
                 line_no += 1
             n += 1
     return n
@@ -313,12 +313,12 @@ def check_structure_output(path, *, frames: int | None, where: str, arg: str) ->
     except Exception:
         fmt = None
     if fmt not in ioformats or not ioformats[fmt].can_write:
-        raise InvalidArgumentError(f"{where}: {arg}: ASE cannot write structures to {str(path)!r} (suffix "
-                                   f"{path.suffix!r}); use .extxyz or another ASE format that can be written")
+        fail(where, f"{arg}: ASE cannot write structures to {str(path)!r} (suffix "
+                    f"{path.suffix!r}); use .extxyz or another ASE format that can be written")
     if ioformats[fmt].single and (frames is None or frames > 1):
         count = "one per pool structure" if frames is None else str(frames)
-        raise InvalidArgumentError(f"{where}: {arg}: the {fmt} format of {str(path)!r} holds one structure; "
-                                   f"{count} would be written: use .extxyz")
+        fail(where, f"{arg}: the {fmt} format of {str(path)!r} holds one structure; "
+                    f"{count} would be written: use .extxyz")
 
 
 def write_structures(path, structures, *, info: Sequence[dict] | None = None) -> None:

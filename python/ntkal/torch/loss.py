@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from .._validation import as_positive_float
 from ..options import LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, choice
 
 __all__ = ["Loss"]
@@ -45,10 +45,7 @@ class Loss:
 
     def __post_init__(self):
         for name in ("energy_weight", "force_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
-                    or value <= 0:
-                raise InvalidArgumentError(f"Loss: {name} must be a finite number > 0; got {value!r}")
+            as_positive_float(getattr(self, name), "Loss", name)
         choice(self.energy, LOSS_ENERGY_TERMS, "Loss", "energy")
         choice(self.forces, LOSS_FORCE_TERMS, "Loss", "forces")
 

@@ -67,7 +67,7 @@ class Adapter:
         unknown = sorted(set(given) - set(self.options))
         if unknown:
             fail(where, f"{spell(unknown[0])} is not an option of {arg} {name} (it takes "
-                 f"{', '.join(spell(o) for o in self.options) or 'none'})")
+                        f"{', '.join(spell(o) for o in self.options) or 'none'})")
         for option in self.required:
             if option not in given:
                 fail(where, f"{arg} {name} needs {spell(option)}: {self.summary}")
@@ -106,7 +106,7 @@ def load_weights(path, where: str, *, safe_globals: Sequence = ()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupt file or one that needs arbitrary unpickling
         fail(where, f"checkpoint {path} could not be loaded with weights_only=True: {type(exc).__name__}: "
-             f"{str(exc).splitlines()[0][:200]}", cause=exc)
+                    f"{str(exc).splitlines()[0][:200]}", cause=exc)
 
 
 def parameters_of(net: torch.nn.Module) -> tuple[dict, dict]:

@@ -130,7 +130,7 @@ def _placeable(cutoff: float, atoms, where, arg) -> None:
     if lonely:
         k = lonely[0]
         fail(where, f"{arg} has {len(lonely)} atom(s) with no neighbour within CHGNet's {cutoff:g} A cutoff "
-             f"(atom {k}, {atoms[k].symbol}): CHGNet cannot place them in its graph")
+                    f"(atom {k}, {atoms[k].symbol}): CHGNet cannot place them in its graph")
 
 
 class _GraphBuilder:

@@ -129,7 +129,7 @@ def _load_net(name: str, checkpoint, modal):
     if checkpoint is None:
         if not isinstance(name, str) or name.lower() not in SEVENNET_SHIPPED:
             fail(where, f"name must be one of the checkpoints the sevenn wheel ships, {sorted(SEVENNET_SHIPPED)}; "
-                 f"got {name!r} (or pass checkpoint=PATH)")
+                        f"got {name!r} (or pass checkpoint=PATH)")
         checkpoint = os.path.join(os.path.dirname(sevenn.__file__), SEVENNET_SHIPPED[name.lower()])
         label = f"sevennet:{name.lower()}"
     else:
