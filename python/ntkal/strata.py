@@ -10,10 +10,12 @@ __all__ = ["composition_key", "quotas"]
 
 
 def composition_key(atoms) -> str:
-    """The structure's element set, e.g. ``"Au-Cu"`` (symbols sorted): its composition stratum."""
+    """The structure's element set, e.g. ``"Au-Cu"`` (symbols sorted): its composition stratum. ``atoms`` is an
+    ase.Atoms or its atomic numbers."""
     from ase.data import chemical_symbols
 
-    return "-".join(sorted({chemical_symbols[int(z)] for z in np.unique(atoms.numbers)}))
+    numbers = atoms.numbers if hasattr(atoms, "numbers") else np.asarray(atoms)
+    return "-".join(sorted({chemical_symbols[int(z)] for z in np.unique(numbers)}))
 
 
 def quotas(counts: dict, n: int, *, weights: dict | None = None) -> dict:

@@ -286,14 +286,8 @@ class Featurizer:
         """Rows times the loss's per-structure weights (the projection is linear: weighting after it is exact)."""
         if self.loss is None:
             return rows
-        energy, force = self.loss.row_weights(n_atoms)
-        first = 0
-        if self.rowspec.energy:
-            rows[:1] *= energy
-            first = 1
-        if self.rowspec.force is not None:
-            rows[first:] *= force
-        return rows
+        return self.loss.weight_rows(rows, n_atoms, energy_row=self.rowspec.energy,
+                                     force_rows=self.rowspec.force is not None)
 
     def predict_forces(self, atoms, *, checked: bool = False) -> np.ndarray:
         """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration.

@@ -56,5 +56,18 @@ class Loss:
         force = np.sqrt(self.force_weight / (3.0 * n if self.forces == "per_structure" else 1.0))
         return float(energy), float(force)
 
+    def weight_rows(self, rows, n_atoms: int, *, energy_row: bool, force_rows: bool):
+        """``rows`` (one structure's block: its energy row first when ``energy_row``, then its force rows when
+        ``force_rows``) multiplied in place by :meth:`row_weights`; returned. Weighting sketched rows is exact
+        (the sketch is linear)."""
+        energy, force = self.row_weights(n_atoms)
+        first = 0
+        if energy_row:
+            rows[:1] *= energy
+            first = 1
+        if force_rows:
+            rows[first:] *= force
+        return rows
+
     def config(self) -> dict:
         return asdict(self)
