@@ -30,7 +30,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AcquisitionResult", "StructureSource", "acquire", "write_structures",
-    "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "Selection", "Sketch",
-    "STRATEGIES", "Screen", "build_info", "screen", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
+    "AcquisitionResult", "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "STRATEGIES",
+    "Screen", "Selection", "Sketch", "StructureSource", "acquire", "build_info", "distance_vectors", "get_num_threads",
+    "screen", "select", "set_num_threads", "shortlist", "write_structures",
 ]

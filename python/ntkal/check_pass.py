@@ -73,8 +73,8 @@ class CheckPass:
         bar.close()
         if problems and self.on_error == "stop":
             more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""
-            fail(self.where, f"{len(problems)} {arg or label} structure(s) of {src.describe()} cannot be featurized by this "
-                             "model; nothing was computed:\n  " + "\n  ".join(problems[:5]) + more)
+            fail(self.where, f"{len(problems)} {arg or label} structure(s) of {src.describe()} cannot be featurized "
+                             "by this model; nothing was computed:\n  " + "\n  ".join(problems[:5]) + more)
         if label == "train" and self.calibrate == "auto":  # on when every training structure carries forces
             self.calibrate = "on" if all(f is not None for f in out.forces) else "off"
         return out

@@ -43,9 +43,9 @@ class ChunkDriver:
         label = checked.label
         for c, (start, structures) in enumerate(src.chunks(self.chunk_size)):
             stop = start + len(structures)
+            left_out = {i - start: self.skipped[(label, i)] for i in range(start, stop) if (label, i) in self.skipped}
             yield ChunkTask(label, start, [pack(a) for a in structures], checked.digests[c],
-                            keys[start:stop] if keys is not None else ["*"] * len(structures),
-                            {i - start: self.skipped[(label, i)] for i in range(start, stop) if (label, i) in self.skipped},
+                            keys[start:stop] if keys is not None else ["*"] * len(structures), left_out,
                             [i - start for i in range(start, stop) if exclude is not None and exclude[i]])
 
     def stored_tasks(self, label: str, chunks):

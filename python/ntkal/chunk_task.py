@@ -131,7 +131,8 @@ def _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, w
                 skipped[i] = f"{type(one).__name__}: {one}"
                 continue
             fail(where, f"{label}[{first + i}] ({structures[i].get_chemical_formula()}) could not be "
-                        f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store", cause=one)
+                        f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store",
+                 cause=one)
     if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
         fail(where, f"{label}[{first}...{first + len(structures) - 1}] could not be "
                     f"featurized together: {type(exc).__name__}: {exc}", cause=exc)

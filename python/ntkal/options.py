@@ -56,6 +56,7 @@ def name(engine_value, choices: tuple) -> str:
     return next(k for k, v in _CODES[choices].items() if v == engine_value)
 
 
-__all__ = ["DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
-           "CALIBRATE", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "STRATEGY_ALIASES", "choice", "code",
-           "method_of", "name"]
+__all__ = ["CALIBRATE", "DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS",
+           "KERNELS_WITH_ENERGY_ROW", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "MATMULS", "METHODS", "ON_ERROR",
+           "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATA", "STRATEGIES", "STRATEGY_ALIASES", "choice",
+           "code", "method_of", "name"]

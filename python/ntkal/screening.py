@@ -313,8 +313,9 @@ class Screening:
                 available[stratum_of[i]] = available.get(stratum_of[i], 0) + 1
             rows = {key: self.store.take("pool", idx) for key, (idx, _) in shortlists.items() if idx.size}
         keys = self.checked["pool"].keys if self.opts.strata == "composition" else ["*"] * len(self.pool)
-        return Screen(pool_pv, self.posterior, shortlists, rows, available, list(keys), self.train_features, getattr(self, "target_gram", None),
-                      self.calibration, np.flatnonzero(self.in_train).astype(np.int64),
+        return Screen(pool_pv, self.posterior, shortlists, rows, available, list(keys), self.train_features,
+                      getattr(self, "target_gram", None), self.calibration,
+                      np.flatnonzero(self.in_train).astype(np.int64),
                       [(label, i, reason) for (label, i), reason in sorted(skipped.items())], dict(self.timings),
                       len(self.pool), self.n_train, self.k if pool_pv is not None else 0, self.driver.cached,
                       self.driver.computed, candidates)

@@ -136,7 +136,8 @@ def select(rows, offsets, n: int, *, method: str = "lcmd", posterior: Posterior 
             fail(where, f"n must be <= {with_rows}, the candidates with feature rows, for method='variance_reduction'; "
                         f"got {n}")
     posterior = _posterior(posterior, method, b, train, backend, noise_var, precision, where)
-    c = _Candidates(backend, b, n, posterior, train, seed, precision, matmul, (target_rows, target_offsets, target_gram))
+    c = _Candidates(backend, b, n, posterior, train, seed, precision, matmul,
+                    (target_rows, target_offsets, target_gram))
     idx, scores = _RULES[method](c)
     if backend is backends.cpu:
         idx, scores = np.asarray(idx, dtype=np.int64), np.asarray(scores, dtype=np.float64)
@@ -187,8 +188,8 @@ def _topk(c: _Candidates):
 
 def _random(c: _Candidates):
     b = c.blocks
-    idx = c.backend.from_host(np.random.default_rng(c.seed).choice(b.n_blocks, size=c.n, replace=False).astype(np.int64),
-                              b)
+    picks = np.random.default_rng(c.seed).choice(b.n_blocks, size=c.n, replace=False).astype(np.int64)
+    idx = c.backend.from_host(picks, b)
     if c.posterior is not None:
         return idx, c.backend.take(c.variance(), idx)
     return idx, c.backend.full(c.n, float("nan"), b)
