@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ntkal
+from ntkal.options import DISTANCE_METHODS  # every distance method, checked against the reference of its name
 from _gpu import _dev, _float64_twin, _host, _posterior, _torch, assert_ranking_matches, on_gpu
 from ntkal._loader import _core
 
@@ -127,7 +128,7 @@ def test_random_definition(ref, gen):
 
 # ------------------------------------------------------------------------------ lcmd / maxdist
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_distance_methods_with_train(ref, gen, method, precision):
     train, rows, _ = _train_and_pool(gen, d=10, n_train=50, n_pool=300)
@@ -138,7 +139,7 @@ def test_distance_methods_with_train(ref, gen, method, precision):
     assert sel.method == method
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_cold_start(ref, gen, method):
     rows = gen.rows(200, 8)
     for train in (None, np.zeros((0, 8), np.float32)):
@@ -148,7 +149,7 @@ def test_distance_methods_cold_start(ref, gen, method):
         np.testing.assert_allclose(sel.scores, scores, rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_full_pool_zero_and_single(ref, gen, method):
     train, rows, _ = _train_and_pool(gen, d=4, n_train=5, n_pool=25)
     for n in (0, 25):
@@ -161,7 +162,7 @@ def test_distance_methods_full_pool_zero_and_single(ref, gen, method):
     np.testing.assert_allclose(sel.scores, getattr(ref, method)(rows[:1], 1, train)[1], rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_exact_ties(ref, method):
     # integer-valued coordinates: every distance is exact, many are equal
     train = np.array([[0, 0], [4, 0], [0, 4]], np.float32)
@@ -185,7 +186,7 @@ def test_lcmd_cluster_weight_tie_takes_union(ref):
     assert sel.indices[0] == 2 and sel.scores[0] == 8.0
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_clustered_data(ref, gen, method):
     # tight, well-separated blobs: the engine only rescans clusters a new centre can reach
     # (triangle inequality); the reference rescans everything
@@ -201,7 +202,7 @@ def test_distance_methods_clustered_data(ref, gen, method):
     assert len(np.unique(labels[idx[:21]])) == 21  # first picks visit the 21 blobs without a centre
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_distance_methods_features_far_from_origin(ref, gen, method, precision):
     # real NTK features share a large common component: ||x|| >> distances between points. The
@@ -216,7 +217,7 @@ def test_distance_methods_features_far_from_origin(ref, gen, method, precision):
     np.testing.assert_allclose(sel.scores, scores, rtol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_ragged_blocks_use_gram_sketch(ref, gen, method):
     d = 8
     train, t_off = gen.pool(20, d, 2, 10)
@@ -295,7 +296,7 @@ def test_gram_sketch_inner_products_estimate_kernel(gen):
     np.testing.assert_allclose(approx, exact, rtol=0.15)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("offset", [0.0, 50.0])
 def test_train_centres_projected_bounds_route(ref, method, offset):
     # >= 1024 train vectors of width >= 128 with a decaying spectrum take the engine's
@@ -408,7 +409,7 @@ class TestOnGpu:
         assert _host(sel.indices).size == 64
         assert peak < n_pool * d * 8 / 8, f"scratch peak {peak / 2**20:.1f} MiB"
 
-    @pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+    @pytest.mark.parametrize("method", DISTANCE_METHODS)
     @pytest.mark.parametrize("with_train", [False, True])
     def test_distance_selection_same_picks(self, gen, method, with_train):
         e = 40
@@ -420,7 +421,7 @@ class TestOnGpu:
         np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
         np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-9)
 
-    @pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+    @pytest.mark.parametrize("method", DISTANCE_METHODS)
     def test_train_centres_far_from_origin(self, gen, method):
         # a large shared offset: the GEMM form ||t||^2 - 2 x.t loses the differences in float32 unless
         # both sides are centred, and the winner must still be the exact nearest train vector
