@@ -133,7 +133,7 @@ def test_index_groups_and_degenerate_cells():
     index.add(flat)  # linearly dependent periodic vectors: recognised only bit-identical
     assert flat.copy() in index
     assert flat[[1, 0]] not in index
-    with pytest.raises(ntkal.InvalidArgumentError, match="tol must be a finite number > 0"):
+    with pytest.raises(ntkal.InvalidArgumentError, match="tol must be a positive finite number"):
         GeometryIndex(tol=0.0)
 
 

@@ -97,5 +97,5 @@ def as_int(x, where: str, name: str, *, low: int | None = None, high: int | None
 def as_positive_float(x, where: str, name: str, unit: str = "") -> float:
     """``x`` as a finite float > 0 (a real number, not a bool or a string), ``unit`` named in the error."""
     if isinstance(x, bool) or not isinstance(x, numbers.Real) or not np.isfinite(float(x)) or float(x) <= 0:
-        fail(where, f"{name} must be a finite number > 0{f' ({unit})' if unit else ''}; got {x!r}")
+        fail(where, f"{name} must be a positive finite number{f' ({unit})' if unit else ''}; got {x!r}")
     return float(x)
