@@ -45,7 +45,7 @@ class FrameAppender:
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
             raise InvalidArgumentError(f"{where}: {arg}: cannot write {str(path)!r}: {str(parent)!r} is not a "
                                        "writable directory")
-        self.existing = _count_xyz(str(self.path), where, arg) if self.path.exists() else 0
+        self.existing = _checked_count(self.path, where, arg) if self.path.exists() else 0
         self.written = 0
 
     def append(self, atoms) -> None:
@@ -67,3 +67,24 @@ class FrameAppender:
 
     def __repr__(self) -> str:
         return f"FrameAppender({str(self.path)!r}, existing={self.existing}, written={self.written})"
+
+
+def _checked_count(path: Path, where: str, arg: str) -> int:
+    """Frames of an existing extxyz file, which must end in a whole frame (one more may follow it)."""
+    import ase.io
+
+    n = _count_xyz(str(path), where, arg)
+    if n == 0:
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        whole = fh.read(1) == b"\n"
+    try:
+        if whole:
+            ase.io.read(str(path), index=-1, format="extxyz")
+    except Exception:  # noqa: BLE001 - any parse failure of the last frame
+        whole = False
+    if not whole:
+        raise InvalidArgumentError(f"{where}: {arg} {str(path)!r} ends in a partial frame (frame {n - 1}); frames are "
+                                   "appended to it, so repair or move it first")
+    return n

@@ -74,7 +74,7 @@ def run_langevin(atoms, calculator, monitor, *, steps: int, temperature=(300.0, 
     """
     from ase import units
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+    from ase.md.velocitydistribution import thermalize_momenta
 
     where = "run_langevin"
     steps = as_int(steps, where, "steps", low=1)
@@ -83,7 +83,7 @@ def run_langevin(atoms, calculator, monitor, *, steps: int, temperature=(300.0, 
     friction_per_fs = as_positive_float(friction_per_fs, where, "friction_per_fs")
     rng = np.random.default_rng(as_int(seed, where, "seed", low=0))
     atoms.calc = calculator
-    MaxwellBoltzmannDistribution(atoms, temperature_K=t_start, rng=rng)
+    thermalize_momenta(atoms, temperature_K=t_start, rng=rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # ASE's notice about the fixcm default
         dyn = Langevin(atoms, timestep_fs * units.fs, temperature_K=t_start, friction=friction_per_fs / units.fs,
