@@ -43,8 +43,8 @@ warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 SYSTEMS = {"Cu32": "metal", "Cu24Au8": "metal", "CH3CH2OH": "molecule", "CH3COCH3": "molecule"}
 # per domain: time step (fs), steps of the watch and test runs, keep every n steps, 300 K training frames
-PROTOCOL = {"metal": dict(dt=2.0, watch=400, test=200, every=10, train=15),
-            "molecule": dict(dt=0.5, watch=800, test=400, every=20, train=15)}
+PROTOCOL = {"metal": dict(dt=2.0, watch=300, test=150, every=10, train=15),
+            "molecule": dict(dt=0.5, watch=600, test=300, every=20, train=15)}
 
 
 # ---- structures and labels --------------------------------------------------------------------------
