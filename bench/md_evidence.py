@@ -17,8 +17,8 @@ real force errors, a 3-member committee at its cost, what thresholds keep, and f
    on the committee (0.05 <= dev < 0.15 eV/A) and by ntkal's ``--collect`` on the monitor.
 5. Fine-tuning (pretrained CHGNet again, training set + a batch of ``--batch`` watch frames, seed 0): batch
    picked from the frames ntkal collected by ``ntkal.acquire`` defaults (PV shortlist + LCMD) and at random
-   (``--random-seeds``), and by DP-GEN's recipe (random within the committee window); force MAE on the test
-   trajectories.
+   (``--random-seeds``), and by DP-GEN's recipe (random within the committee window, ``--dpgen-seeds``); force
+   MAE on the test trajectories. "Training set only" is the model itself (the same fine-tuning).
 
 Stages are cached in ``--run-dir`` (labelled frames, checkpoints), so a rerun only redoes what is missing.
 
@@ -221,18 +221,24 @@ def monitor_frames(monitor, frames: list) -> dict:
             "seconds_structure": t_whole / len(frames)}
 
 
+def load_member(path: str):
+    import contextlib
+    import io
+
+    import torch
+    from chgnet.model import CHGNet
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return CHGNet.from_dict(torch.load(path, map_location="cpu", weights_only=True)["model"]).eval()
+
+
 def committee_predictions(paths: list, frames: list) -> tuple[list, float, float]:
     """Forces of every member on every frame; seconds per frame of one member, batched and one at a time."""
-    import torch
-
     from al import model as M
 
     preds, batched, single = [], 0.0, 0.0
     for path in paths:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        from chgnet.model import CHGNet
-
-        net = CHGNet.from_dict(state["model"])
+        net = load_member(path)
         t = time.perf_counter()
         graphs = M.to_graphs(net, frames)
         preds.append(M.predict(net, graphs)[1])
@@ -308,7 +314,7 @@ def thresholds(frames, frame_values: dict, errors, collect: float) -> dict:
 
 
 # ---- step 5: fine-tuning on a batch of the kept frames ----------------------------------------------
-def picks(featurizer, train, watch, collected, committee_window, batch, seeds) -> dict:
+def picks(featurizer, train, watch, collected, committee_window, batch, seeds, dpgen_seeds) -> dict:
     """Watch-frame indices of each arm's batch."""
     import ntkal
 
@@ -323,14 +329,15 @@ def picks(featurizer, train, watch, collected, committee_window, batch, seeds) -
             chosen = np.random.default_rng([seed, 5]).choice(collected, size=batch, replace=False)
             arms[f"random of collected (seed {seed})"] = (sorted(int(i) for i in chosen), 0.0)
     if len(committee_window) >= batch:
-        for seed in seeds:
+        for seed in dpgen_seeds:
             chosen = np.random.default_rng([seed, 6]).choice(committee_window, size=batch, replace=False)
             arms[f"DP-GEN: random of committee window (seed {seed})"] = (sorted(int(i) for i in chosen), 0.0)
     return arms
 
 
-def finetune_arms(train, watch, test, arms: dict, config) -> dict:
-    """Force MAE on the test trajectories after fine-tuning on train + each arm's batch (seed 0 for all)."""
+def finetune_arms(train, watch, test, arms: dict, config, model_path: str) -> dict:
+    """Force MAE on the test trajectories after fine-tuning on train + each arm's batch (seed 0 for all); the
+    training set alone is the model itself (the same fine-tuning: member 0, read back)."""
     from al import model as M
 
     frames = train + watch
@@ -342,7 +349,10 @@ def finetune_arms(train, watch, test, arms: dict, config) -> dict:
     out = {}
     for name, (batch, pick_seconds) in {"training set only": ([], 0.0), **arms}.items():
         index = np.concatenate([np.arange(len(train)), len(train) + np.asarray(batch, dtype=np.int64)])
-        tuned, seconds = M.finetune(graphs, labels, index, config, seed=0)
+        if batch:
+            tuned, seconds = M.finetune(graphs, labels, index, config, seed=0)
+        else:
+            tuned, seconds = load_member(model_path), 0.0
         errs = M.errors(tuned, test_graphs, test_labels, groups)
         out[name] = {"force_mae": errs["force_mae"], "force_mae_metal": errs.get("force_mae_metal"),
                      "force_mae_molecule": errs.get("force_mae_molecule"), "energy_mae": errs["energy_mae"],
@@ -361,6 +371,7 @@ def parse_args(argv=None):
     p.add_argument("--collect", type=float, default=0.15, help="ntkal's collect threshold on the frame value, eV/A")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--random-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--dpgen-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny trajectories and fine-tuning")
@@ -368,7 +379,7 @@ def parse_args(argv=None):
     if args.quick:
         for domain in PROTOCOL.values():
             domain.update(watch=domain["every"] * 4, test=domain["every"] * 2, train=3)
-        args.batch, args.random_seeds = 2, [0]
+        args.batch, args.random_seeds, args.dpgen_seeds = 2, [0], [0]
     return args
 
 
@@ -421,10 +432,10 @@ def main(argv=None) -> int:
     print_report(report)
     collected = report["thresholds"][f"ntkal collect: atom >= {args.collect:g}"]["indices"]
     window = report["thresholds"]["DP-GEN window on committee [0.05, 0.15)"]["indices"]
-    arms = picks(featurizer, train, watch, collected, window, args.batch, args.random_seeds)
+    arms = picks(featurizer, train, watch, collected, window, args.batch, args.random_seeds, args.dpgen_seeds)
     print(f"fine-tuning: training set + {args.batch} of {len(collected)} collected / {len(window)} committee-window "
           f"frames; test: {len(test)} frames", flush=True)
-    report["finetune"] = finetune_arms(train, watch, test, arms, config)
+    report["finetune"] = finetune_arms(train, watch, test, arms, config, paths[0])
     report["seconds"] = time.perf_counter() - t0
     if args.json:
         with open(args.json, "w") as fh:
