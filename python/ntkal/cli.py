@@ -3,6 +3,8 @@
     ntkal select --model chgnet --train train.extxyz --pool pool.extxyz -n 100 --kernel joint --out selected.extxyz
     ntkal features --model chgnet --structures pool.extxyz --kernel joint --out pool_features
     ntkal demo
+    ntkal md --model chgnet --train train.extxyz --structure start.extxyz --temperature 300:1500 --steps 2000 \
+        --every 20 --collect 0.1 --halt 0.5 --out flagged.extxyz
 """
 from __future__ import annotations
 
@@ -399,12 +401,93 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_md(sub) -> None:
+    p = sub.add_parser("md", help="Langevin MD with the model, monitored: collect uncertain frames, halt",
+                       description="Run Langevin MD with the model as the calculator and measure its uncertainty "
+                       "every --every steps (ntkal.md.Monitor): per-atom readout posterior and structure-level "
+                       "joint-NTK PV, in eV/A when the training structures carry forces (calibrated on the "
+                       "model's residuals), else relative. Frames at or above --collect are appended to --out; "
+                       "one at or above --halt stops the run. Then select a batch from them (-n) or print the "
+                       "ntkal select command that does.")
+    p.add_argument("--train", required=True, help="training structures (extxyz or ASE db; with forces for eV/A) or "
+                   "a feature store directory")
+    p.add_argument("--structure", required=True, help="start structure (the first frame of the file)")
+    p.add_argument("--temperature", default="300", help="T or T_START:T_END in K, a linear ramp (default 300)")
+    p.add_argument("--steps", type=int, required=True, help="MD steps")
+    p.add_argument("--timestep", type=float, default=1.0, help="time step in fs (default 1)")
+    p.add_argument("--friction", type=float, default=0.02, help="Langevin friction in 1/fs (default 0.02)")
+    p.add_argument("--every", type=int, default=20, help="measure every N steps (default 20)")
+    p.add_argument("--collect", type=float, default=None, help="collect frames at or above this uncertainty")
+    p.add_argument("--halt", type=float, default=None, help="stop the run at a frame at or above this uncertainty")
+    p.add_argument("--out", default="flagged.extxyz", help="extxyz file collected frames are appended to "
+                   "(default flagged.extxyz)")
+    p.add_argument("--signal", default=None, help="frame value: atom (most uncertain atom; default when the model "
+                   "has per-atom features) or structure (joint-NTK PV)")
+    p.add_argument("--calibrate", default="auto", choices=CALIBRATE, help="eV/A from the training forces: auto "
+                   "(default, when every training structure has forces), on, off (relative units)")
+    p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    p.add_argument("-n", type=int, default=None, help="after the run, select this many collected frames "
+                   "(ntkal select's defaults) and write them to --select-out")
+    p.add_argument("--select-out", default="selected.extxyz", help="with -n: output file (default selected.extxyz)")
+    _add_model_args(p)
+
+
+def cmd_md(args) -> int:
+    import ase.io
+
+    from .md import Monitor, parse_temperature, run_langevin
+    from .torch.calculator import ModelCalculator
+
+    temperature = parse_temperature(args.temperature)
+    if args.collect is None and args.n is not None:
+        fail("ntkal md", "-n selects from the collected frames: give --collect")
+    try:
+        atoms = ase.io.read(args.structure, index=0)
+    except Exception as exc:  # noqa: BLE001 - any reader failure, named
+        fail("ntkal md", f"--structure {args.structure!r} could not be read: {type(exc).__name__}: "
+                         f"{exc}", cause=exc)
+    featurizer = _featurizer(args)
+    monitor = Monitor(featurizer, args.train, every=args.every, collect=args.collect, halt=args.halt,
+                      out=args.out if args.collect is not None else None, calibrate=args.calibrate,
+                      signal=args.signal, noise_var=args.noise_var, progress=not args.no_progress)
+    print(f"{monitor!r}")
+    run = run_langevin(atoms, ModelCalculator(featurizer.base_model), monitor, steps=args.steps,
+                       temperature=temperature, timestep_fs=args.timestep, friction_per_fs=args.friction,
+                       seed=args.seed, progress=not args.no_progress)
+    print(f"ran {run.steps} steps in {run.seconds:.1f}s ({temperature[0]:g} -> {run.final_temperature:.0f} K)")
+    print(monitor.summary())
+    if args.collect is None:
+        return 0
+    total = monitor.out_frames
+    command = (f"ntkal select --model {args.model} --train {args.train} --pool {args.out} -n N "
+               f"--out {args.select_out}")
+    if args.n is None:
+        print(f"next: label a batch of the collected frames: {command}")
+        return 0
+    if total < args.n:
+        print(f"-n {args.n}: only {total} frames in {args.out}; nothing selected (lower --collect or run longer), "
+              f"or later: {command}")
+        return 0
+    from .acquire import acquire
+    from .structures import StructureSource
+
+    pool = StructureSource(args.out, where="ntkal md", arg="--out")
+    train = None if not os.path.isfile(args.train) else StructureSource(args.train, where="ntkal md", arg="--train")
+    result = acquire(featurizer, train, pool, args.n, seed=args.seed, progress=not args.no_progress,
+                     workers=1, noise_var=args.noise_var)
+    _write_selection(args.select_out, pool, result)
+    print(result.summary(max_items=len(result)))
+    print(f"wrote {len(result)} of the {total} collected frames to {args.select_out}")
+    return 0
+
+
 # the commands: name -> (the function adding its arguments, the function running it); one line each
 COMMANDS = {
     "select": (_add_select, cmd_select),
     "score": (_add_score, cmd_score),
     "features": (_add_features, cmd_features),
     "demo": (_add_demo, cmd_demo),
+    "md": (_add_md, cmd_md),
 }
 
 # every path a command writes, as (attribute, option, kind): checked before the model loads, so a typo in a
@@ -415,6 +498,7 @@ OUTPUTS = {
               ("cache", "--cache", "directory")),
     "features": (("out", "--out", "directory"),),
     "demo": (("out", "--out", "structures"),),
+    "md": (("out", "--out", "structures"), ("select_out", "--select-out", "structures")),
 }
 
 

@@ -28,6 +28,7 @@ ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 FORCE_METHODS = ("difference", "autograd")  # ntkal.torch.Featurizer: how force rows are computed
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
+MD_SIGNALS = ("atom", "structure")  # ntkal.md.Monitor: what a frame's uncertainty (and its thresholds) use
 KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
 KERNELS_WITHOUT_FORCE_ROWS = ("energy", "embedding")
 
@@ -57,6 +58,6 @@ def name(engine_value, choices: tuple) -> str:
 
 
 __all__ = ["CALIBRATE", "DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS",
-           "KERNELS_WITH_ENERGY_ROW", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "MATMULS", "METHODS", "ON_ERROR",
-           "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATA", "STRATEGIES", "STRATEGY_ALIASES", "choice",
-           "code", "method_of", "name"]
+           "KERNELS_WITH_ENERGY_ROW", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "MATMULS", "MD_SIGNALS",
+           "METHODS", "ON_ERROR", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATA", "STRATEGIES",
+           "STRATEGY_ALIASES", "choice", "code", "method_of", "name"]
