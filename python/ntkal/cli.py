@@ -468,17 +468,28 @@ def cmd_md(args) -> int:
         print(f"-n {args.n}: only {total} frames in {args.out}; nothing selected (lower --collect or run longer), "
               f"or later: {command}")
         return 0
+    _select_collected(args, featurizer, total)
+    return 0
+
+
+def _select_collected(args, featurizer, total: int) -> None:
+    """ntkal md -n: select from the collected frames with ntkal select's defaults (a training feature store
+    cannot give strata or calibration: then the selection uses the collected frames alone)."""
+    import tempfile
+
     from .acquire import acquire
     from .structures import StructureSource
 
-    pool = StructureSource(args.out, where="ntkal md", arg="--out")
-    train = None if not os.path.isfile(args.train) else StructureSource(args.train, where="ntkal md", arg="--train")
-    result = acquire(featurizer, train, pool, args.n, seed=args.seed, progress=not args.no_progress,
-                     workers=1, noise_var=args.noise_var)
-    _write_selection(args.select_out, pool, result)
-    print(result.summary(max_items=len(result)))
+    with tempfile.TemporaryDirectory(prefix="ntkal-md-") as scratch:
+        pool = StructureSource(args.out, where="ntkal md", arg="--out").spooled(os.path.join(scratch, "pool"))
+        train = None if not os.path.isfile(args.train) else StructureSource(
+            args.train, where="ntkal md", arg="--train").spooled(os.path.join(scratch, "train"))
+        result = acquire(featurizer, train, pool, args.n, seed=args.seed, progress=not args.no_progress,
+                         workers=1, noise_var=args.noise_var)
+        chosen = pool.take(result.indices)
+    _write_selection(args.select_out, chosen, result)
+    print(result.summary(max_items=len(result), structures=chosen))
     print(f"wrote {len(result)} of the {total} collected frames to {args.select_out}")
-    return 0
 
 
 # the commands: name -> (the function adding its arguments, the function running it); one line each

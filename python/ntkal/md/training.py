@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..acquire import _has_forces, _reference_forces
+from ..check_pass import has_forces, reference_forces
 from ..blocks import Blocks
 from ..errors import fail
 from ..feature_store import FeatureStore
@@ -104,8 +104,8 @@ def load_training(featurizer, train, *, where: str, want_forces: str, progress: 
     for i, atoms in enumerate(structures):
         if hasattr(featurizer, "check"):
             featurizer.check(atoms, where=where, arg=f"train[{i}]")
-        if want_forces == "on" or (want_forces == "auto" and _has_forces(atoms)):
-            forces.append(_reference_forces(atoms, where, f"train[{i}]"))
+        if want_forces == "on" or (want_forces == "auto" and has_forces(atoms)):
+            forces.append(reference_forces(atoms, where, f"train[{i}]"))
         else:
             forces.append(None)
     if any(f is None for f in forces):
