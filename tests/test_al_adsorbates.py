@@ -1,0 +1,149 @@
+"""The adsorbate scenario's data generator (bench/al/adsorbates.py) in its smoke mode: a few frames."""
+import os
+import sys
+
+import numpy as np
+import pytest
+from _require import require
+
+require("ase")
+require("tblite")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+
+from al import adsorbates as A  # noqa: E402
+
+SLAB_ATOMS = {"fcc111": 12, "fcc100": 12, "fcc211": 18}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("ads_cache"))
+
+
+@pytest.fixture(scope="module")
+def smoke(cache):
+    return A.load_adsorbates(cache, A.SMOKE, verbose=False)
+
+
+def _all(data):
+    return data.pool + data.test_id + data.test_shift
+
+
+def test_smoke_splits_and_composition(smoke):
+    assert (len(smoke.pool), len(smoke.test_id), len(smoke.test_shift)) == (4, 4, 2)
+    for frame in _all(smoke):
+        info = frame.info
+        n_metal = SLAB_ATOMS[info["facet"]]
+        assert info["n_metal"] == n_metal and info["domain"] == "adsorbate"
+        assert frame.get_chemical_symbols()[:n_metal] == [info["metal"]] * n_metal
+        assert tuple(frame.get_chemical_symbols()[n_metal:]) == A.ADSORBATES[info["adsorbate"]].symbols
+        assert info["system"] == f"{info['adsorbate']}@{info['facet']}"
+        assert frame.pbc.all() and frame.cell.volume > 0
+    assert {f.info["facet"] for f in _all(smoke)} == {"fcc111", "fcc211"}
+    assert {f.info["adsorbate"] for f in smoke.pool} == {"O", "CO"}
+    assert {f.info["adsorbate"] for f in smoke.test_id} == {"O", "CO"}
+    # the shifted test's adsorbate is absent from the pool
+    assert {f.info["adsorbate"] for f in smoke.test_shift} == {"H"}
+    assert {f.info["shift"] for f in smoke.test_shift} == {"adsorbate"}
+    # pool: the common facet's MD frames and the other facet's, at the common temperature
+    assert sorted((f.info["facet"], f.info["origin"], f.info["temperature"]) for f in smoke.pool) == [
+        ("fcc111", "md", 300)] * 2 + [("fcc211", "md", 300)] * 2
+
+
+def test_random_sites_lift_the_binding_atom_to_a_bond_length(smoke):
+    random_sites = [f for f in _all(smoke) if f.info["origin"] == "random_site"]
+    assert len(random_sites) == 6
+    lo, hi = A.BINDING_RANGE
+    for frame in random_sites:
+        assert lo - 0.011 <= A.binding_distance(frame) <= hi + 1e-9
+        n_metal = frame.info["n_metal"]
+        # every atom of the adsorbate is above the slab's lowest atoms and the others clear the metal
+        assert frame.positions[n_metal:, 2].min() > frame.positions[:n_metal, 2].min()
+
+
+def test_labels_are_finite_gfn1_xtb(smoke):
+    for frame in _all(smoke):
+        energy, forces = frame.get_potential_energy(), frame.get_forces()
+        assert np.isfinite(energy) and forces.shape == (len(frame), 3) and np.isfinite(forces).all()
+        assert np.abs(forces).max() > 0
+    # a stored label is what a fresh GFN1-xTB calculator gives for that frame
+    frame = smoke.test_shift[0]
+    energy, forces, _, _ = A.label(frame)
+    assert energy == pytest.approx(frame.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(forces, frame.get_forces(), atol=1e-5)
+
+
+def test_forces_match_finite_differences_of_the_energy(smoke):
+    frame = next(f for f in smoke.pool if f.info["adsorbate"] == "O" and f.info["facet"] == "fcc111")
+    n_metal = frame.info["n_metal"]
+    top_metal = int(np.argmax(frame.positions[:n_metal, 2]))
+    h = 2e-3
+    for atom, axis in ((n_metal, 2), (n_metal, 0), (top_metal, 2), (top_metal, 1)):
+        energies = []
+        for sign in (1, -1):
+            moved = frame.copy()
+            moved.positions[atom, axis] += sign * h
+            moved.calc = A.xtb_calculator()
+            energies.append(moved.get_potential_energy())
+        finite_difference = -(energies[0] - energies[1]) / (2 * h)
+        assert finite_difference == pytest.approx(frame.get_forces()[atom, axis], abs=5e-3), (atom, axis)
+
+
+def test_cache_round_trip_reads_without_labelling(smoke, cache, monkeypatch):
+    def no_labels(*_):
+        raise AssertionError("the cached data set was labelled again")
+
+    monkeypatch.setattr(A, "label", no_labels)
+    again = A.load_adsorbates(cache, A.SMOKE, verbose=False)
+    assert os.path.exists(os.path.join(cache, ".gitignore"))
+    assert again.seconds == pytest.approx(smoke.seconds) and again.seconds > 0
+    assert again.summary["frames"] == {"pool": 4, "test_id": 4, "test_shift": 2}
+    for a, b in zip(_all(smoke), _all(again)):
+        np.testing.assert_array_equal(a.numbers, b.numbers)
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-8)
+        assert a.get_potential_energy() == pytest.approx(b.get_potential_energy(), abs=1e-8)
+        np.testing.assert_allclose(a.get_forces(), b.get_forces(), atol=1e-8)
+        assert a.info == b.info
+
+
+def test_a_task_is_deterministic_in_its_seed():
+    task = A.tasks(A.SMOKE)[0]
+    seed = np.random.SeedSequence([A.SMOKE.seed, 211]).spawn(1)[0]
+    (first,), _ = A.run_task(task, seed)
+    (second,), _ = A.run_task(task, seed)
+    np.testing.assert_array_equal(first.positions, second.positions)
+    assert first.get_potential_energy() == second.get_potential_energy()
+
+
+def test_md_driver_forces_are_its_energy_gradient():
+    slab = A.make_slab("Cu", "fcc211")
+    atoms = A.place(slab, "OH", A.common_site(slab, "fcc211"), 1.9, A._rotation(0.4, 1.0, 0.3))
+    atoms.positions += np.random.default_rng(0).normal(0.0, 0.05, atoms.positions.shape)
+    atoms.calc = A.SlabDriver(len(slab), "OH")
+    forces = atoms.get_forces()
+    h = 1e-5
+    for atom in (len(slab), len(slab) + 1, 0, len(slab) - 1):
+        for axis in range(3):
+            energies = []
+            for sign in (1, -1):
+                moved = atoms.copy()
+                moved.calc = A.SlabDriver(len(slab), "OH")
+                moved.positions[atom, axis] += sign * h
+                energies.append(moved.get_potential_energy())
+            assert -(energies[0] - energies[1]) / (2 * h) == pytest.approx(forces[atom, axis], abs=1e-6)
+
+
+def test_recipe_counts_and_bias():
+    recipe = A.AdsorbateRecipe()
+    counts = {}
+    for task in A.tasks(recipe):
+        key = (task["split"], task.get("site") == "common")
+        counts[key] = counts.get(key, 0) + task["n_frames"]
+    pool = counts[("pool", True)] + counts[("pool", False)]
+    assert pool >= 600
+    assert counts[("pool", True)] / pool > 0.4  # the redundant 300 K frames of the common site dominate
+    shifted = {t["adsorbate"] for t in A.tasks(recipe) if t["split"] == "test_shift"} | {
+        t["metal"] for t in A.tasks(recipe) if t["split"] == "test_shift"}
+    in_pool = {t["adsorbate"] for t in A.tasks(recipe) if t["split"] == "pool"} | {
+        t["metal"] for t in A.tasks(recipe) if t["split"] == "pool"}
+    assert {"CH3", "Ag"} <= shifted and not {"CH3", "Ag"} & in_pool
