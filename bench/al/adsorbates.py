@@ -349,8 +349,8 @@ def xtb_calculator(**overrides):
 
 
 def label(frame):
-    """(energy eV, forces eV/A, seconds, retried) of ``frame`` by a fresh GFN1-xTB calculator; None when the
-    SCF fails twice (the frame is then dropped and counted)."""
+    """(energy eV, forces eV/A, wall seconds, retried) of ``frame`` by a fresh GFN1-xTB calculator; None when
+    the SCF fails twice (the frame is then dropped and counted)."""
     from ase.calculators.calculator import CalculationFailed
 
     t0 = time.perf_counter()
@@ -419,9 +419,11 @@ def run_task(task: dict, seed_sequence) -> tuple[list, dict]:
     else:
         geometries = md_frames(slab, task["facet"], task["adsorbate"], task["condition"], task["n_frames"], rng)
     geometry_seconds = time.perf_counter() - t0
-    frames, label_seconds, dropped, retried = [], [], 0, 0
+    frames, label_seconds, label_cpu, dropped, retried = [], [], [], 0, 0
     for geometry in geometries:
+        cpu0 = time.process_time()  # this process's CPU: the cost on a shared machine, where wall time is not
         result = label(geometry)
+        label_cpu.append(time.process_time() - cpu0)
         if result is None:
             dropped += 1
             continue
@@ -434,7 +436,7 @@ def run_task(task: dict, seed_sequence) -> tuple[list, dict]:
         frame.calc = SinglePointCalculator(frame, energy=energy, forces=forces)
         frames.append(frame)
     return frames, {"geometry_seconds": geometry_seconds, "label_seconds": label_seconds,
-                    "dropped": dropped, "retried": retried}
+                    "label_cpu_seconds": label_cpu, "dropped": dropped, "retried": retried}
 
 
 def _frame_info(task, n_metal, seconds) -> dict:
@@ -499,7 +501,8 @@ def generate(recipe: AdsorbateRecipe, cache_dir: str, workers: int = 1, log=prin
 def _log_task(log, done, total, task, timing):
     secs = timing["label_seconds"]
     log(f"  [{done}/{total}] {task['split']:10s} {task['adsorbate']:>3s} on {task['metal']}({task['facet']}) "
-        f"{task['condition']!s:>6}: {len(secs)} frames, xTB {sum(secs):.1f} s"
+        f"{task['condition']!s:>6}: {len(secs)} frames, xTB {sum(secs):.1f} s wall, "
+        f"{sum(timing['label_cpu_seconds']):.1f} s CPU"
         + (f", {timing['dropped']} dropped" if timing["dropped"] else ""))
 
 
@@ -527,6 +530,7 @@ def _summary(recipe, frames, timings) -> dict:
     import tblite
 
     label_seconds = np.array([s for t in timings for s in t["label_seconds"]])
+    label_cpu = np.array([s for t in timings for s in t.get("label_cpu_seconds", [])])
     counts = {}
     for f in frames:
         counts.setdefault(f.info["split"], {}).setdefault(f.info["system"], 0)
@@ -537,6 +541,10 @@ def _summary(recipe, frames, timings) -> dict:
             "label_seconds_per_frame": {"mean": float(label_seconds.mean()),
                                         "median": float(np.median(label_seconds)),
                                         "max": float(label_seconds.max())},
+            "label_cpu_seconds_total": float(label_cpu.sum()),
+            "label_cpu_seconds_per_frame": {"mean": float(label_cpu.mean()) if len(label_cpu) else None,
+                                            "median": float(np.median(label_cpu)) if len(label_cpu) else None},
+            "tasks_without_cpu_seconds": sum("label_cpu_seconds" not in t for t in timings),
             "geometry_seconds_total": float(sum(t["geometry_seconds"] for t in timings)),
             "dropped_frames": int(sum(t["dropped"] for t in timings)),
             "retried_frames": int(sum(t["retried"] for t in timings)),
@@ -576,6 +584,7 @@ def main(argv=None) -> int:
     data = load_adsorbates(args.cache, SMOKE if args.smoke else AdsorbateRecipe(), args.workers)
     s = data.summary
     print(json.dumps({k: s[k] for k in ("frames", "label_seconds_total", "label_seconds_per_frame",
+                                        "label_cpu_seconds_total", "label_cpu_seconds_per_frame",
                                         "geometry_seconds_total", "dropped_frames", "retried_frames")}, indent=1))
     return 0
 
