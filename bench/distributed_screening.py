@@ -137,7 +137,6 @@ def child_make_store(path: str, n: int, rows_per: int, dim: int, chunk: int) -> 
 
 def child_score_store(path: str, workers: int, k: int, dim: int) -> dict:
     import ntkal
-    from ntkal.store_scoring import shortlist_store
 
     rng = np.random.default_rng(3)
     train = rng.standard_normal((2000 * 5, dim), dtype=np.float32)
@@ -145,7 +144,8 @@ def child_score_store(path: str, workers: int, k: int, dim: int) -> dict:
     del train
     client = _client(workers) if workers > 1 else None
     t0 = time.perf_counter()
-    idx, pv, _ = shortlist_store(path, post, k, client=client, progress=False, keep_pv=True)
+    found = ntkal.screen(path, post, "pool", shortlist=k, client=client, progress=False)
+    idx, pv = found.shortlists["*"]
     seconds = time.perf_counter() - t0
     worker_peaks = []
     if client is not None:

@@ -7,7 +7,7 @@ Prints, from one run:
    Gaussian rows and NTK-like rows with a fast-decaying spectrum and cluster structure), for
    greedy PV (bmdal ``maxdet`` on the train posterior) and LCMD with train centres; whether the
    selected indices agree. Each (tool, method, size) runs in its own subprocess so its peak RSS is its own.
-3. A summary table with ratios and PASS/MISS against DESIGN.md section 4.
+3. A summary table with ratios and PASS/MISS against the targets of ARCHITECTURE.md ("Targets").
 
 Usage::
 
@@ -44,7 +44,7 @@ METHODS = ("greedy_pv", "lcmd")
 BMDAL_NAME = {"greedy_pv": "maxdet on ('train', [sigma]), maxdet_sigma=sigma",
               "lcmd": "lcmd, sel_with_train=True, no kernel transform"}
 
-# Targets from DESIGN.md section 4.
+# Targets from ARCHITECTURE.md ("Targets").
 TARGET_SCORING_FRACTION = 0.80
 TARGET_SPEEDUP = {"greedy_pv": 10.0, "lcmd": 30.0}
 TARGET_MEMORY_FRACTION = 0.25
@@ -386,7 +386,7 @@ def print_summary(scoring: list[dict], sel_rows: list[dict]) -> list[dict]:
         print("  (MB pk/work = total process peak RSS / peak above the RSS after imports and features were loaded;"
               " ratios = ntkal / bmdal)")
     targets = []
-    print("\n  Targets (DESIGN.md section 4):")
+    print("\n  Targets (ARCHITECTURE.md):")
     for s in scoring:
         ok = s["fraction_f32"] >= TARGET_SCORING_FRACTION
         targets.append({"target": f"PV scoring d={s['d']} >= 80% of same-run sgemm", "value": s["fraction_f32"],

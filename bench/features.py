@@ -13,12 +13,14 @@ thread count for every method. Per (model, structure set, threads, device), stru
 
 Ratios printed: features over ``own E+F`` (cost per structure in units of the model's own evaluation)
 and batched over loop. Peak memory: the RSS high-water mark above the level before the call on a CPU
-(heap trimmed first), ``torch.cuda.max_memory_allocated`` on a GPU. ``--accuracy`` adds the estimator check: Gram error of k = 4 rows (loop's exact rows and the
+(heap trimmed first), ``torch.cuda.max_memory_allocated`` on a GPU. ``--steps`` studies the difference step h (row error of forward and central differences against
+exact mixed derivatives); ``--accuracy`` adds the estimator check: Gram error of k = 4 rows (loop's exact rows and the
 batched difference rows) against the exact joint Gram, and the Spearman correlation of pool PV on
 the demo pool between the two.
 
 Usage: python bench/features.py [--device cpu|cuda] [--threads 1 2] [--rounds 3] [--models chgnet]
-                                [--sets cells molecules] [--n 16] [--clock wall|cpu] [--accuracy] [--json FILE]
+                                [--sets cells molecules] [--n 16] [--clock wall|cpu] [--accuracy]
+                                [--steps 1e-4 3e-4 1e-3] [--json FILE]
 """
 from __future__ import annotations
 
@@ -220,19 +222,76 @@ def accuracy(args) -> dict:
     return out
 
 
+def difference_study(args) -> dict:
+    """Row error of forward and central differences of per-structure energy gradients against exact mixed
+    derivatives (the loop's autograd rows, the same k = 4 directions), for several steps h (CHGNet, float32)."""
+    import torch
+
+    from ntkal.torch import Featurizer, models
+    from ntkal.torch.batched import GradientPlan, per_structure_gradients
+    from ntkal.torch.jacobian import displaced
+
+    model = models.chgnet()
+    b, plan = model.batched, GradientPlan.build(model.batched, model.names)
+    structures = structure_set("cells", 2, seed=3) + structure_set("molecules", 3, seed=4) + slabs()
+    exact = Featurizer(looped(model), "force", force_method="autograd")
+    rows = [exact.jacobian(a).astype(np.float64) for a in structures]
+    graphs, r0 = [b.graph(a) for a in structures], [a.get_positions() for a in structures]
+    directions = [exact.rowspec.directions(a) for a in structures]
+
+    def grads(positions):
+        _, g = per_structure_gradients(b, plan, graphs, [torch.as_tensor(p, dtype=model.dtype) for p in positions])
+        return [np.concatenate([g[n][s].reshape(-1).double().numpy() if n in g else np.zeros(model.params[n].numel())
+                                for n in model.names]) for s in range(len(structures))]
+
+    base = grads(r0)
+    out = {}
+    for h in args.steps:
+        one, two = np.zeros((len(structures), 4)), np.zeros((len(structures), 4))
+        for j in range(4):
+            plus = grads([displaced(p, d[j], h) for p, d in zip(r0, directions)])
+            minus = grads([displaced(p, d[j], -h) for p, d in zip(r0, directions)])
+            for s, e in enumerate(rows):
+                norm = np.linalg.norm(e[j])
+                one[s, j] = np.linalg.norm(-(plus[s] - base[s]) / h - e[j]) / norm
+                two[s, j] = np.linalg.norm(-(plus[s] - minus[s]) / (2 * h) - e[j]) / norm
+        out[str(h)] = {"forward": one.tolist(), "central": two.tolist()}
+    names = [a.get_chemical_formula() for a in structures]
+    print(f"\nforce-row error of differences against exact mixed derivatives (CHGNet float32, k = 4 rows of each of "
+          f"{', '.join(names)}): median / max over rows")
+    for h, e in out.items():
+        f, c = np.array(e["forward"]), np.array(e["central"])
+        print(f"  h = {float(h):7.1e}  forward {np.median(f):.4f} / {f.max():.4f}   central {np.median(c):.4f} / {c.max():.4f}")
+    return {"structures": names, "errors": out}
+
+
+def slabs() -> list:
+    """Two adsorbate-on-slab structures: H atop Cu(111) 2.9 A up, O in a Pt(111) fcc hollow."""
+    from ase.build import add_adsorbate, fcc111
+
+    cu = fcc111("Cu", size=(2, 2, 3), vacuum=7.0)
+    add_adsorbate(cu, "H", 2.9, "ontop")
+    pt = fcc111("Pt", size=(2, 2, 3), vacuum=7.0)
+    add_adsorbate(pt, "O", 1.9, "fcc")
+    pt.rattle(0.05, seed=4)
+    return [cu, pt]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--threads", type=int, nargs="+", default=[1, os.cpu_count() or 1])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--models", nargs="+", default=["chgnet"])
-    ap.add_argument("--sets", nargs="+", default=["cells", "molecules"])
+    ap.add_argument("--sets", nargs="*", default=["cells", "molecules"], help="structure sets to time (none: skip)")
     ap.add_argument("--n", type=int, default=16, help="structures per set (the loop times n / loop-fraction)")
     ap.add_argument("--loop-fraction", type=int, default=4)
     ap.add_argument("--batch", type=int, default=None, help="Featurizer batch_size (default: the featurizer's)")
     ap.add_argument("--clock", default="wall", choices=["wall", "cpu"],
                     help="cpu: this process's CPU seconds (one thread on a shared machine: other jobs do not count)")
     ap.add_argument("--accuracy", action="store_true")
+    ap.add_argument("--steps", type=float, nargs="*", default=[],
+                    help="difference steps h to study against exact mixed derivatives (e.g. 1e-4 3e-4 1e-3)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
@@ -253,6 +312,8 @@ def main():
     result = {"machine": info, "args": vars(args), "rows": rows}
     if args.accuracy:
         result["accuracy"] = accuracy(args)
+    if args.steps:
+        result["differences"] = difference_study(args)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(result, fh, indent=1)

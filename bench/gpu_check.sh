@@ -4,7 +4,8 @@
 #   1. installs what is missing (scipy-openblas32, ase, ...) from a folder of wheels, offline;
 #   2. builds and installs ntkal from this tree (no build isolation, no downloads; Hopper code only
 #      unless NTKAL_CUDA_ARCHITECTURES says otherwise);
-#   3. runs the GPU tests (tests/test_cuda.py, tests/test_device_path.py) and bench/gpu_engine.py;
+#   3. runs the GPU tests (the areas' GPU classes, tests/test_cuda.py, tests/test_device_path.py) and
+#      bench/gpu_engine.py;
 #      among them: lazy greedy PV picks = reference/CPU and its scratch << the whitened pool, sketch
 #      projections bitwise equal over runs (sparse sign: equal to the CPU); the bench's Targets list
 #      greedy PV >= 5x bmdal_reg on the same GPU with <= 1/4 of its memory, two-run bitwise equality;
@@ -75,7 +76,8 @@ PYTHONPATH="$pypath" python -c "import json, ntkal; print(json.dumps(ntkal.build
 cat "$out/build_info.json" | tee -a "$out/log.txt"
 
 log "GPU tests"
-(cd "$here/tests" && PYTHONPATH="$pypath" timeout 300 python -m pytest test_cuda.py test_device_path.py -q -rs \
+(cd "$here/tests" && PYTHONPATH="$pypath" timeout 300 python -m pytest test_sketch.py test_posterior.py \
+  test_shortlist.py test_select.py test_cuda.py test_device_path.py -q -rs \
   -p no:cacheprovider --junitxml="$out/pytest_gpu.xml") > "$out/pytest_gpu.txt" 2>&1
 test_rc=$?
 tail -n 30 "$out/pytest_gpu.txt" | tee -a "$out/log.txt"

@@ -15,7 +15,7 @@ Prints, from one run on one GPU:
    bmdal_reg on the same GPU, identical features: wall time, peak device memory (PyTorch allocator
    high-water mark, plus the ntkal scratch pool's), and index agreement. Skipped, with a line saying
    so, when bmdal_reg is not importable.
-5. PASS/MISS against the targets of issue 4 and DESIGN.md section 4.
+5. PASS/MISS against the targets of ARCHITECTURE.md ("Targets").
 
 Usage (needs a CUDA device; exits with status 2 and says so otherwise)::
 
@@ -36,9 +36,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 sys.path.append(str(pathlib.Path(__file__).resolve().parents[1] / "python"))  # ntkal from the source tree
 
-TARGET_SCORING_FRACTION = 0.60  # issue 4: PV scoring >= 60 % of same-run dense GEMM throughput
-TARGET_SCREEN_SECONDS = 1.0  # issue 4: pool 1M, d 1024, PV + shortlist on an H100
-TARGET_SPEEDUP = {"greedy_pv": 10.0, "lcmd": 30.0}  # DESIGN.md section 4 (vs bmdal_reg)
+TARGET_SCORING_FRACTION = 0.60  # ARCHITECTURE.md: GPU PV scoring >= 60 % of same-run dense GEMM throughput
+TARGET_SCREEN_SECONDS = 1.0  # ARCHITECTURE.md: pool 1M, d 1024, PV + shortlist on an H100
+TARGET_SPEEDUP = {"greedy_pv": 10.0, "lcmd": 30.0}  # ARCHITECTURE.md (vs bmdal_reg)
 TARGET_GPU_GREEDY_SPEEDUP = 5.0  # lazy device greedy PV vs bmdal_reg on the same GPU
 TARGET_MEMORY_FRACTION = 0.25
 

@@ -1,4 +1,5 @@
-"""Small Cu / Au-Cu cells for the pipeline tests (a copy travels to Dask workers by value)."""
+"""Small Cu / Au-Cu cells for the pipeline tests (a copy travels to Dask workers by value), and labelled
+copies of structures."""
 import numpy as np
 
 
@@ -14,4 +15,16 @@ def cells(n, seed, gold_every=3):
             a[int(rng.integers(4))].symbol = "Au"
         a.rattle(0.05 * (1 + 2 * rng.random()), seed=int(rng.integers(1 << 30)))
         out.append(a)
+    return out
+
+
+def labelled(structures, featurizer, shift):
+    """Copies whose reference forces are the featurizer model's forces + shift[i] on every component."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for a, s in zip(structures, shift):
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=0.0, forces=featurizer.predict_forces(a) + s)
+        out.append(b)
     return out

@@ -1,4 +1,6 @@
-"""Shared fixtures for the engine test suite: the NumPy reference, data generators, bmdal_reg."""
+"""Shared fixtures for the engine test suite: the NumPy reference, data generators, bmdal_reg, and the
+``device`` every per-area test that takes it runs on (the CPU always; CUDA through PyTorch tensors and CuPy
+arrays when a GPU and the library are present)."""
 
 from __future__ import annotations
 
@@ -95,3 +97,50 @@ def bmdal():
 
     return Bmdal()
 
+
+# ---- the device of the per-area tests ------------------------------------------------------------------
+
+def _gpu_count() -> int:
+    try:  # the compiled engine may be absent (the reference tests run without it)
+        from ntkal.backends import cuda
+    except ImportError:
+        return 0
+    return cuda.device_count()
+
+
+HAS_GPU = _gpu_count() > 0
+HAS_TORCH = importlib.util.find_spec("torch") is not None
+HAS_CUPY = importlib.util.find_spec("cupy") is not None
+
+
+class Device:
+    """Where a test's arrays live: ``put`` a host array there, ``get`` a result back to the host."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def put(self, a):
+        if self.name == "cpu":
+            return a
+        if self.name == "cuda-torch":
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(a)).cuda()
+        import cupy
+
+        return cupy.asarray(a)
+
+    @staticmethod
+    def get(x):
+        from ntkal._device import to_numpy
+
+        return to_numpy(x)
+
+
+@pytest.fixture(params=[
+    "cpu",
+    pytest.param("cuda-torch", marks=pytest.mark.skipif(not (HAS_GPU and HAS_TORCH), reason="no CUDA device")),
+    pytest.param("cuda-cupy", marks=pytest.mark.skipif(not (HAS_GPU and HAS_CUPY), reason="no CUDA device / CuPy")),
+])
+def device(request):
+    return Device(request.param)

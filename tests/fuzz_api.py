@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 import ntkal
 from ntkal import _reference as ref
 from ntkal.backends import cpu
+from ntkal.options import DISTANCE_METHODS
 
 settings.register_profile("ci", max_examples=600, deadline=None, derandomize=True,
                           suppress_health_check=list(HealthCheck))
@@ -28,6 +29,7 @@ settings.load_profile("ci")
 D = 5
 DTYPES = [np.float32, np.float64, np.float16, np.int32, np.int64, np.bool_, np.complex64, object]
 VALID_SHARE = 0.6  # share of examples drawn from the valid-input strategies
+SELECT_VALID_SHARE = 0.7  # the same for select's method and n, given valid rows and offsets
 COUNTS: dict = {}  # property -> [valid examples checked against the reference, all examples]
 
 
@@ -223,6 +225,22 @@ def _check_greedy_pv(clean, off, sel):
         picked.append(pick)
 
 
+def _check_variance_reduction(clean, off, sel):
+    """Each pick lowers the integrated variance over the candidates (the default target) the most given the picks
+    before it (reference scores, within float32 rounding of the rows), and its score is that reduction."""
+    o = ref._offsets_or_default(clean, off)
+    M = clean.T @ clean
+    picked = []
+    for pick, score in zip(sel.indices.tolist(), sel.scores):
+        train = np.concatenate([TRAIN.astype(np.float64)] + [clean[o[p]:o[p + 1]] for p in picked])
+        active = np.ones(len(o) - 1, dtype=bool)
+        active[picked] = False
+        gains = ref.variance_reduction_scores(clean, o, train, 0.1, M, active)
+        np.testing.assert_allclose(score, gains[pick], rtol=2e-3, atol=1e-6)
+        assert gains[pick] >= gains.max() * (1 - 5e-3) - 1e-6
+        picked.append(pick)
+
+
 def _check_distance_method(method, clean, off, use_train, sel):
     """The reference's picks and scores on the engine's own distance vectors (rows, or the Gram sketch
     of multi-row blocks; exact float64 distances of dyadic rows, so equal picks, ties included)."""
@@ -235,7 +253,7 @@ def _check_distance_method(method, clean, off, use_train, sel):
         t = cpu.blocks(TRAIN, None, "fuzz")
         tvecs = cpu.gram_sketch(t, D, 0).rows if multi else TRAIN
         tvecs = np.asarray(tvecs, dtype=np.float64)
-    idx, scores = (ref.lcmd if method == "lcmd" else ref.maxdist)(np.asarray(vecs, np.float64), len(sel.indices),
+    idx, scores = getattr(ref, method)(np.asarray(vecs, np.float64), len(sel.indices),  # named after the method
                                                                    tvecs)
     np.testing.assert_array_equal(sel.indices, idx)
     np.testing.assert_allclose(sel.scores, scores, rtol=1e-5, atol=1e-9)
@@ -245,7 +263,9 @@ def _check_distance_method(method, clean, off, use_train, sel):
 def test_select(data):
     rows, clean, off, off_ok = rows_and_offsets(data)
     n_blocks = n_blocks_of(rows, off, off_ok)
-    if clean is not None and off_ok and data.draw(st.floats(0, 1)) < VALID_SHARE:
+    # six methods share select's examples: a larger share of valid (method, n) keeps each method's valid
+    # examples above half (test_zz_every_property_checked_mostly_valid_inputs) with bad input still a third
+    if clean is not None and off_ok and data.draw(st.floats(0, 1)) < SELECT_VALID_SHARE:
         method, n = data.draw(st.sampled_from(ntkal.METHODS)), data.draw(st.integers(0, n_blocks))
     else:
         method = data.draw(st.sampled_from([*ntkal.METHODS, "nope", 3]))
@@ -253,10 +273,12 @@ def test_select(data):
     use_train = data.draw(st.booleans())
     post = ntkal.Posterior(D, noise_var=0.1).add(TRAIN)
     kwargs = {"posterior": post}  # rows must then have the posterior's width, whatever the method
-    if use_train and method in ("lcmd", "maxdist"):
+    if use_train and method in DISTANCE_METHODS:
         kwargs["train_rows"] = TRAIN
     sel = outcome("select", lambda: ntkal.select(rows, off, n, method=method, **kwargs))
     valid = clean is not None and off_ok and method in ntkal.METHODS and 0 <= n <= n_blocks
+    if valid and method == "variance_reduction" and off is not None:  # blocks without rows are never picked
+        valid = n <= int(np.count_nonzero(np.diff(np.asarray(off))))
     if not counted(valid, "select", f"select[{method if method in ntkal.METHODS else 'bad method'}]"):
         assert sel is None
         return
@@ -274,8 +296,10 @@ def test_select(data):
         np.testing.assert_allclose(sel.scores, expect_pv[idx], rtol=2e-3, atol=1e-6)
     elif method == "greedy_pv":
         _check_greedy_pv(clean, off, sel)
+    elif method == "variance_reduction":
+        _check_variance_reduction(clean, off, sel)
     else:
-        _check_distance_method(method, clean, off, use_train and method in ("lcmd", "maxdist"), sel)
+        _check_distance_method(method, clean, off, use_train and method in DISTANCE_METHODS, sel)
 
 
 @given(st.data())

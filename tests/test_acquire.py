@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 from _require import require
+from _structures import cells as small_cells, labelled
 
 torch = require("torch")
 require("ase")
@@ -262,3 +263,63 @@ def test_a_featurizer_without_check_still_names_the_pool_index(featurizer, data)
     pool[21][0].symbol = "Ne"
     with pytest.raises(ntkal.InvalidArgumentError, match=r"pool\[21\] \(.*\) could not be featurized: .*Ne"):
         acquire(Counting(featurizer), train, pool, 5, chunk_size=8, progress=False)
+
+
+@pytest.mark.parametrize("bad,needle", [(dict(strata="element"), "strata"), (dict(calibrate="maybe"), "calibrate"),
+                                        (dict(workers=0), "workers")])
+def test_bad_options(featurizer, bad, needle):
+    with pytest.raises(ntkal.InvalidArgumentError, match=needle):
+        acquire(featurizer, small_cells(3, 0), small_cells(5, 1), 2, progress=False, **bad)
+
+
+def test_the_loop_as_users_run_it(featurizer, tmp_path):
+    """Round after round: the same pool file, a training file that grows by the labelled picks, one feature
+    store. The pool's features are computed once; nothing already labelled is picked again."""
+    import ase.io
+
+    pool = small_cells(40, 1)
+    ase.io.write(tmp_path / "pool.extxyz", pool)
+    train = labelled(small_cells(5, 0), featurizer, np.zeros(5))
+    ase.io.write(tmp_path / "train.extxyz", train)
+    store = tmp_path / "store"
+    picked = set()
+    for rnd in range(3):
+        res = acquire(featurizer, str(tmp_path / "train.extxyz"), str(tmp_path / "pool.extxyz"), 4, chunk_size=8,
+                      cache=store, progress=False, calibrate="auto", noise_var=1e-2)
+        assert res.calibration is not None  # the training file carries forces: calibration is on
+        pool_chunks = 5
+        if rnd == 0:
+            assert res.computed_chunks == 1 + pool_chunks
+        else:
+            assert res.computed_chunks <= 2  # only the training file's grown tail; the pool comes from the store
+            assert res.cached_chunks >= pool_chunks
+        assert not picked & set(res.indices.tolist())
+        assert set(res.excluded.tolist()) == picked
+        picked |= set(res.indices.tolist())
+        new = labelled([pool[i] for i in res.indices], featurizer, np.full(4, 0.1))  # "DFT" labels
+        ase.io.write(tmp_path / "train.extxyz", new, append=True)
+
+
+def test_featurizer_defaults_are_the_studied_ones():
+    model = models.toy()
+    f = Featurizer(model)
+    assert (f.kernel, f.dim, f.force_rows) == ("joint", 512, 4)
+    assert Featurizer(model, "energy").n_rows(bulk("Cu", "fcc", a=3.6, cubic=True)) == 1
+
+
+def test_a_strategy_is_a_shortlist_and_a_select_method(featurizer, data):
+    """Every select() method is an acquire strategy; "pv_lcmd", the default, is "lcmd"."""
+    train, pool = data
+    default = acquire(featurizer, train, pool, 5, progress=False)
+    same = acquire(featurizer, train, pool, 5, strategy="lcmd", progress=False)
+    np.testing.assert_array_equal(same.indices, default.indices)
+    np.testing.assert_array_equal(same.scores, default.scores)
+    assert default.strategy == "pv_lcmd" and same.strategy == "lcmd"
+    far = acquire(featurizer, train, pool, 5, strategy="maxdist", shortlist=12, progress=False)
+    found = ntkal.screen(featurizer, train, pool, shortlist=12, progress=False)
+    for key, q in far.quotas.items():  # maxdist on each stratum's shortlist, the training set as centres
+        idx = found.shortlists[key][0]
+        k_s = min(len(idx), max(q, int(np.ceil(12 * found.available[key] / sum(found.available.values())))))
+        sel = ntkal.select(found.rows[key].take(np.arange(k_s)), None, q, method="maxdist",
+                           train_rows=found.train_features)
+        assert set(idx[sel.indices].tolist()) <= set(far.indices.tolist())

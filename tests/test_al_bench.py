@@ -1,6 +1,6 @@
-"""Smoke tests of the active-learning benchmark's plumbing (bench/al): seconds, no full run."""
+"""Smoke tests of the active-learning study's plumbing (bench/al, the installed package ``al``): seconds, no
+full run."""
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -9,10 +9,10 @@ from _require import require
 require("torch")
 require("chgnet")
 require("tblite")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+require("al")  # the study: pip install ./bench/al (the test command of README.md installs it)
 
 from al import data as D  # noqa: E402
-from al import loop, pools, report, strategies  # noqa: E402
+from al import loop, pools, report, strategies, study  # noqa: E402
 from al import model as M  # noqa: E402
 
 TINY = D.DataRecipe(molecules=("CH3OH",), unseen_molecule="H2O", metals=("Cu6Au2",), temperatures=(300,),
@@ -93,6 +93,14 @@ def test_model_based_strategies_pick_distinct_candidates(ctx):
         assert len(set(picked.tolist())) == 2 and set(picked.tolist()) <= {1, 2, 4, 5}
 
 
+def _frames(numbers, seed):
+    """Distinct small structures with the given atomic numbers (a stand-in for the dataset's frames)."""
+    from ase import Atoms
+
+    rng = np.random.default_rng(seed)
+    return [Atoms(numbers=z, positions=3.0 * rng.random((len(z), 3)), cell=[8.0] * 3, pbc=True) for z in numbers]
+
+
 @pytest.mark.parametrize("name", ["joint_ntk", "joint_ntk_greedy"])
 def test_kernel_strategy_skips_structures_the_training_set_already_covers(name):
     import ntkal
@@ -103,9 +111,11 @@ def test_kernel_strategy_skips_structures_the_training_set_already_covers(name):
     base = [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(4)]
     # pool: 4 training structures, 4 exact copies of them, 4 new ones
     blocks = ntkal.Blocks.from_list(base + base + [rng.standard_normal((3, 16)).astype(np.float32) for _ in range(4)])
+    frames = _frames([[29, 29]] * 4, 0)
+    frames = frames + [f.copy() for f in frames] + _frames([[29, 29]] * 4, 1)
     feats = PoolFeatures(blocks, np.arange(12), 12)
     strat = strategies.make(name, (feats, 1.5), noise_var=1e-3)
-    state = strategies.RoundState(0, 0, np.arange(4, 12), np.arange(4), None, None, None, None)
+    state = strategies.RoundState(0, 0, np.arange(4, 12), np.arange(4), None, None, None, None, frames)
     picked = strat.select(state, 3)
     assert set(picked.tolist()) <= set(range(8, 12))
     assert strat.charge_once() == 1.5 and strat.charge_once() == 0.0
@@ -145,8 +155,7 @@ def test_runner_keeps_finished_jobs_and_skips_them_on_resume(tmp_path):
 
 
 def test_work_dir_resumes_only_the_same_settings(tmp_path, capsys):
-    import al_loop
-
+    al_loop = study
     out = str(tmp_path / "r.json")
     args = al_loop.parse_args(["--quick", "--out", out])
     run_dir = al_loop.open_work_dir(args)
@@ -159,25 +168,27 @@ def test_work_dir_resumes_only_the_same_settings(tmp_path, capsys):
         al_loop.open_work_dir(al_loop.parse_args(["--quick", "--out", out, "--rounds", "5"]))
 
 
-def test_composition_strata_split_the_batch_by_element_set():
-    import types
+def test_stratified_kernel_strategy_takes_the_products_quotas():
+    import ntkal
+    from ntkal.strata import composition_key, quotas
 
-    import torch
+    from al.features import PoolFeatures
 
-    numbers = [[1, 6, 8]] * 6 + [[29]] * 3 + [[29, 79]] * 1  # 6 CHO, 3 Cu, 1 CuAu candidates
-    graphs = [types.SimpleNamespace(atomic_number=torch.as_tensor(z)) for z in numbers]
-    strata = strategies.composition_strata(np.arange(10), graphs, 5)
-    assert [(m.tolist(), q) for m, q in strata] == [([0, 1, 2, 3, 4, 5], 3), ([6, 7, 8], 2), ([9], 0)]
-    # a quota never exceeds its stratum
-    strata = strategies.composition_strata(np.arange(10), graphs, 10)
-    assert [q for _, q in strata] == [6, 3, 1]
+    numbers = [[1, 6, 8]] * 6 + [[29]] * 3 + [[29, 79]] * 1 + [[1, 6, 8], [29]]  # 6 CHO, 3 Cu, 1 CuAu; 2 labelled
+    frames = _frames(numbers, 2)
+    rng = np.random.default_rng(2)
+    blocks = ntkal.Blocks.from_list([rng.standard_normal((2, 8)).astype(np.float32) for _ in frames])
+    feats = (PoolFeatures(blocks, np.arange(12), 12), 0.0)
+    state = strategies.RoundState(0, 0, np.arange(10), np.array([10, 11]), None, None, None, None, frames)
+    picked = strategies.make("joint_ntk", feats, stratify=True).select(state, 5)
+    keys = [composition_key(frames[i]) for i in range(10)]
+    split = quotas({k: keys.count(k) for k in set(keys)}, 5)
+    assert split == {"C-H-O": 3, "Cu": 2, "Au-Cu": 0}
+    assert {k: [keys[i] for i in picked].count(k) for k in split} == split
 
 
 def test_kernel_strategy_stratified_picks_from_every_stratum():
-    import types
-
     import ntkal
-    import torch
 
     from al.features import PoolFeatures
 
@@ -185,9 +196,9 @@ def test_kernel_strategy_stratified_picks_from_every_stratum():
     # stratum A (8 structures) has large, novel features; B (4) small ones: unstratified PV takes only A
     blocks = ntkal.Blocks.from_list([10 * rng.standard_normal((2, 16)).astype(np.float32) for _ in range(8)]
                                     + [0.1 * rng.standard_normal((2, 16)).astype(np.float32) for _ in range(4)])
-    graphs = [types.SimpleNamespace(atomic_number=torch.as_tensor([1, 6] if i < 8 else [29])) for i in range(12)]
+    frames = _frames([[1, 6]] * 8 + [[29, 29]] * 4, 3)
     feats = (PoolFeatures(blocks, np.arange(12), 12), 0.0)
-    state = strategies.RoundState(0, 0, np.arange(1, 12), np.array([0]), None, graphs, None, None)
+    state = strategies.RoundState(0, 0, np.arange(1, 12), np.array([0]), None, None, None, None, frames)
     plain = strategies.make("joint_ntk", feats, intensive=False).select(state, 3)
     strat = strategies.make("joint_ntk", feats, intensive=False, stratify=True).select(state, 3)
     assert (plain < 8).all()
@@ -227,8 +238,7 @@ def test_current_model_strategy_with_unchanged_weights_picks_what_the_pretrained
 
 
 def test_variants_take_product_strategies_and_reach_the_pool_shift_study():
-    import al_loop
-
+    al_loop = study
     args = al_loop.parse_args(["--quick", "--shift-variant", "flat:acq_joint:strata=none,calibrate=on",
                                "--variant", "cur:acq_joint_current:strata=none"])
     assert args.shift_variants == [("flat", "acq_joint", {"acquire": {"strata": "none", "calibrate": "on"}})]

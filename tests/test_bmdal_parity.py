@@ -1,7 +1,7 @@
 """Parity with bmdal_reg (the published BMDAL implementation) on identical float64 features, one
 row per structure: the NumPy reference and the compiled engine must select the same indices.
 
-Mapping (see REFERENCE.md):
+Mapping (bmdal_reg 3.0.2: its kernel transforms and selection methods):
 * greedy_pv(noise_var = s^2)  ==  maxdet on kernel_transforms [('train', [s])], maxdet_sigma = s
 * greedy_pv(scale=True)       ==  maxdet on [('train', [s, None])] (rescale to mean train diag 1)
 * topk (PV)                   ==  maxdiag on [('train', [s])] (bmdal returns it unordered)

@@ -115,7 +115,7 @@ def test_loss_matched_rows_from_the_command_line(files, capsys):
         with pytest.raises(argparse.ArgumentTypeError, match="expected W_E,W_F"):
             cli._loss(bad)
     code = main(["features", "--structures", str(d / "pool.extxyz"), "--loss", "0,1", "--out", str(d / "bad")] + TOY)
-    assert code == 2 and "energy_weight must be a finite number > 0" in capsys.readouterr().err
+    assert code == 2 and "energy_weight must be a positive finite number" in capsys.readouterr().err
 
 
 def test_demo_runs_on_toy_model(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,7 @@
 """The GPU path of the pipeline, checked where no GPU exists: with a CUDA model, Jacobian rows go
 to ``Sketch.project`` as tensors on the model's device (no host copy) and the features come back
-as device Blocks. Here a stand-in sketch on the CPU records what it is given; the real CUDA run is
-tests/test_cuda.py (gpu marker) and bench/gpu_check.sh."""
+as device Blocks. Here a stand-in sketch on the CPU records what it is given; the real CUDA runs are
+the per-area GPU classes (marker gpu: tests/_gpu.py) and bench/gpu_check.sh."""
 
 from __future__ import annotations
 

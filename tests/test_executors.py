@@ -6,7 +6,7 @@ from _require import require
 distributed = require("distributed")
 
 from ntkal import executors  # noqa: E402
-from ntkal.screen import ChunkContext, ChunkTask  # noqa: E402
+from ntkal.chunk_task import ChunkContext, ChunkTask  # noqa: E402
 
 
 def echo_chunk(featurizer, ctx, task):

@@ -129,7 +129,6 @@ import json, os, shutil, sys
 import numpy as np
 import ntkal
 from ntkal.feature_store import FeatureStore
-from ntkal.store_scoring import shortlist_store
 
 path, fp = sys.argv[1], sys.argv[2]
 posterior = ntkal.Posterior(5, noise_var=1e-2)
@@ -138,7 +137,7 @@ def reads(where):
     store = FeatureStore(where)  # opened for reading
     return {"read": store.read("pool").rows.tolist(), "take": store.take("pool", [5, 1]).rows.tolist(),
             "meta": store.meta("pool", 4, 6)["skipped"],
-            "shortlist": shortlist_store(where, posterior, 2, progress=False)[0].tolist()}
+            "shortlist": ntkal.screen(where, posterior, "pool", shortlist=2, progress=False).shortlists["*"][0].tolist()}
 
 # every lazy import done before privileges drop, on a copy (nothing cached for the store itself)
 before = reads(shutil.copytree(path, path + "-warm-up"))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import ntkal
+from _gpu import HAS_CUPY, _dev, _host, _posterior, _torch, on_gpu
 
 EPS64 = np.finfo(np.float64).eps
 U32 = 2.0**-24
@@ -275,3 +276,117 @@ def test_copy_is_independent(gen):
     np.testing.assert_array_equal(post.variance(rows), before)
     assert np.all(clone.variance(rows) < before)
     assert clone.n_rows == 20 and post.n_rows == 10
+
+
+# ---- every backend (the device fixture of conftest.py: the CPU, and CUDA arrays on a GPU) ----------------
+
+def test_variance_of_ragged_blocks(device, gen, ref):
+    d = 12
+    train = gen.rows(200, d)
+    rows, offsets = gen.pool(60, d, 1, 9)
+    post = ntkal.Posterior(d, noise_var=1e-2).add(device.put(train))
+    pv = device.get(post.variance(device.put(rows), offsets))
+    np.testing.assert_allclose(pv, ref.posterior_variance(train, None, rows, offsets, 1e-2), rtol=2e-4)
+
+
+# ---- on a GPU: the same inputs through the CPU engine and the CUDA backend ---------------------------------
+
+@on_gpu
+class TestOnGpu:
+    """Posterior variance on CUDA arrays against the CPU engine (tests/_gpu.py)."""
+
+    @pytest.mark.parametrize("precision", ["float32", "float64"])
+    @pytest.mark.parametrize("intensive", [False, True])
+    @pytest.mark.parametrize("layout", ["one_row", "ragged", "large_blocks"])
+    def test_variance_matches_cpu(self, gen, precision, intensive, layout):
+        d = 200  # not a multiple of the 128-wide tiles
+        post = _posterior(gen, d, precision, scale=True)
+        if layout == "one_row":
+            rows, offsets = gen.rows(1000, d), None
+        elif layout == "ragged":
+            offsets = gen.offsets(300, 0, 9)  # includes empty blocks
+            rows = gen.rows(int(offsets[-1]), d)
+        else:  # blocks spanning several 128-row tiles (head/tail fix-up path)
+            offsets = gen.offsets(12, 100, 700)
+            rows = gen.rows(int(offsets[-1]), d)
+        cpu = post.variance(rows, offsets, intensive=intensive)
+        gpu = post.variance(_dev(rows), offsets, intensive=intensive)
+        assert gpu.dtype == _torch().float64 and gpu.is_cuda
+        np.testing.assert_allclose(_host(gpu), cpu, rtol=1e-4 if precision == "float32" else 1e-9)
+
+    def test_variance_device_offsets_and_empty_pool(self, gen):
+        d = 64
+        post = _posterior(gen, d)
+        offsets = gen.offsets(50, 1, 5)
+        rows = gen.rows(int(offsets[-1]), d)
+        gpu = post.variance(_dev(rows), _dev(offsets))
+        np.testing.assert_allclose(_host(gpu), post.variance(rows, offsets), rtol=1e-4)
+        empty = post.variance(_dev(np.zeros((0, d), np.float32)), np.zeros(4, np.int64))
+        np.testing.assert_array_equal(_host(empty), np.zeros(3))
+
+    @pytest.mark.parametrize("matmul,rtol", [("tf32", 2e-2), ("bf16", 6e-2)])
+    def test_tensor_core_variance_close(self, gen, matmul, rtol):
+        d = 256
+        post = _posterior(gen, d)
+        offsets = gen.offsets(200, 1, 20)
+        rows = gen.rows(int(offsets[-1]), d)
+        cpu = post.variance(rows, offsets)
+        gpu = _host(post.variance(_dev(rows), offsets, matmul=matmul))
+        np.testing.assert_allclose(gpu, cpu, rtol=rtol)
+        # per-structure errors must not all be zero: the option really changed the arithmetic
+        assert np.abs(gpu - cpu).max() > 0
+
+    def test_variance_rejects_bad_input(self, gen):
+        post = _posterior(gen, 16)
+        rows = gen.rows(10, 16)
+        rows[3, 5] = np.nan
+        with pytest.raises(ntkal.InvalidArgumentError, match="Posterior.variance: rows contains NaN"):
+            post.variance(_dev(rows))
+        with pytest.raises(ntkal.InvalidArgumentError, match=r"Posterior.variance: rows must be 2-D \(n_rows, 16\)"):
+            post.variance(_dev(gen.rows(10, 17)))
+        with pytest.raises(ntkal.InvalidArgumentError, match="offsets must end at the row count 10"):
+            post.variance(_dev(gen.rows(10, 16)), np.array([0, 4, 9]))
+        with pytest.raises(ntkal.InvalidArgumentError, match="matmul"):
+            post.variance(_dev(gen.rows(10, 16)), None, matmul="fp8")
+
+    def test_variance_on_a_side_stream(self, gen):
+        torch = _torch()
+        d = 128
+        post = _posterior(gen, d)
+        rows = gen.rows(20_000, d)
+        cpu = post.variance(rows)
+        stream = torch.cuda.Stream()
+        with torch.cuda.stream(stream):
+            # produce the rows on the side stream right before scoring: reading them on another
+            # stream would race with this kernel
+            x = torch.from_numpy(rows).cuda(non_blocking=True) * 2.0
+            x = x * 0.5
+            pv = post.variance(x)
+        stream.synchronize()
+        np.testing.assert_allclose(pv.cpu().numpy(), cpu, rtol=1e-4)
+
+    def test_cuda_array_interface_only_object(self, gen):
+        torch = _torch()
+        post = _posterior(gen, 32)
+        rows = gen.rows(50, 32)
+        t = _dev(rows)
+
+        class Wrapped:  # exposes only the CUDA array interface
+            __cuda_array_interface__ = t.__cuda_array_interface__
+
+        pv = post.variance(Wrapped())
+        assert isinstance(pv, torch.Tensor) and pv.is_cuda
+        np.testing.assert_allclose(pv.cpu().numpy(), post.variance(rows), rtol=1e-4)
+
+    @pytest.mark.skipif(not HAS_CUPY, reason="CuPy not installed")
+    def test_cupy_in_cupy_out(self, gen):
+        import cupy
+
+        post = _posterior(gen, 48)
+        offsets = gen.offsets(30, 1, 4)
+        rows = gen.rows(int(offsets[-1]), 48)
+        pv = post.variance(cupy.asarray(rows), offsets)
+        assert isinstance(pv, cupy.ndarray)
+        np.testing.assert_allclose(cupy.asnumpy(pv), post.variance(rows, offsets), rtol=1e-4)
+        idx, top = ntkal.shortlist(cupy.asarray(rows), offsets, post, 5)
+        assert isinstance(idx, cupy.ndarray) and isinstance(top, cupy.ndarray)

@@ -275,7 +275,7 @@ def test_greedy_pv_matches_kernel_space_conditioning(ref, gen, scale):
 
 
 def test_greedy_pv_woodbury_update_formula(ref, gen):
-    # DESIGN's rank-m update: new PV = old PV - s2 ||(I + Psi*^T Psi*)^{-1/2} Psi*^T Psi_c||_F^2
+    # the rank-m update of ARCHITECTURE.md (The math): new PV = old PV - s2 ||(I + Psi*^T Psi*)^{-1/2} Psi*^T Psi_c||_F^2
     d, noise = 7, 0.1
     rows, offsets = gen.pool(6, d, 2, 5)
     train = gen.rows(3, d).astype(np.float64)

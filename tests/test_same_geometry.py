@@ -3,6 +3,7 @@ a cell face; a genuine move is a different structure; the index finds exactly wh
 import numpy as np
 import pytest
 from _require import require
+from _structures import cells
 
 require("ase")
 
@@ -10,6 +11,7 @@ from ase import Atoms  # noqa: E402
 from ase.build import add_adsorbate, bulk, fcc111, molecule  # noqa: E402
 
 import ntkal  # noqa: E402
+from ntkal.acquire import acquire  # noqa: E402
 from ntkal.same_geometry import GeometryIndex, same_geometry  # noqa: E402
 
 
@@ -131,5 +133,39 @@ def test_index_groups_and_degenerate_cells():
     index.add(flat)  # linearly dependent periodic vectors: recognised only bit-identical
     assert flat.copy() in index
     assert flat[[1, 0]] not in index
-    with pytest.raises(ntkal.InvalidArgumentError, match="tol must be a finite number > 0"):
+    with pytest.raises(ntkal.InvalidArgumentError, match="tol must be a positive finite number"):
         GeometryIndex(tol=0.0)
+
+
+# ---- through acquire: a pool structure that is a training structure is never a candidate --------------------
+@pytest.fixture(scope="module")
+def featurizer():
+    require("torch")
+    from ntkal.torch import Featurizer, models
+
+    return Featurizer(models.toy(seed=0, hidden=4, n_radial=3), "joint", dim=24, force_rows=3)
+
+
+def test_training_duplicates_are_never_picked(featurizer):
+    train, pool = cells(6, 0), cells(20, 1)
+    pool = pool[:5] + [t.copy() for t in train] + pool[5:]  # pool 5..10 are the training structures
+    for strategy in ("topk", "pv_lcmd", "greedy_pv", "random"):
+        res = acquire(featurizer, train, pool, 20, strategy=strategy, progress=False, seed=1)
+        assert not set(res.indices.tolist()) & set(range(5, 11)), strategy
+        np.testing.assert_array_equal(res.excluded, np.arange(5, 11))
+
+
+def test_training_structures_as_files_rewrite_them_are_never_picked(featurizer):
+    train, others = cells(6, 0), cells(6, 1)
+    reordered = train[0][np.argsort(train[0].numbers, kind="stable")[::-1]]  # grouped by element, as in a POSCAR
+    assert (reordered.numbers != train[0].numbers).any() or (reordered.positions != train[0].positions).any()
+    shifted = train[1].copy()
+    shifted.positions[2] += np.array([1, -1, 2]) @ shifted.cell  # one atom shifted by a lattice vector
+    rounded = train[2].copy()
+    rounded.positions = np.round(rounded.positions, 6)  # positions rounded to 1e-6 Å
+    moved = train[3].copy()
+    moved.positions[1] += [0.03, 0.0, 0.04]  # one atom moved 0.05 Å: a new structure
+    pool = others[:3] + [reordered, shifted, rounded, moved] + others[3:]
+    res = acquire(featurizer, train, pool, len(pool) - 3, strategy="topk", progress=False)
+    np.testing.assert_array_equal(res.excluded, [3, 4, 5])
+    assert sorted(res.indices.tolist()) == [0, 1, 2, 6, 7, 8, 9]

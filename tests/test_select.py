@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 
 import ntkal
+from ntkal.options import DISTANCE_METHODS  # every distance method, checked against the reference of its name
+from _gpu import _dev, _float64_twin, _host, _posterior, _torch, assert_ranking_matches, on_gpu
+from ntkal._loader import _core
 
 U32 = 2.0**-24
 
@@ -125,7 +128,7 @@ def test_random_definition(ref, gen):
 
 # ------------------------------------------------------------------------------ lcmd / maxdist
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_distance_methods_with_train(ref, gen, method, precision):
     train, rows, _ = _train_and_pool(gen, d=10, n_train=50, n_pool=300)
@@ -136,7 +139,7 @@ def test_distance_methods_with_train(ref, gen, method, precision):
     assert sel.method == method
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_cold_start(ref, gen, method):
     rows = gen.rows(200, 8)
     for train in (None, np.zeros((0, 8), np.float32)):
@@ -146,7 +149,7 @@ def test_distance_methods_cold_start(ref, gen, method):
         np.testing.assert_allclose(sel.scores, scores, rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_full_pool_zero_and_single(ref, gen, method):
     train, rows, _ = _train_and_pool(gen, d=4, n_train=5, n_pool=25)
     for n in (0, 25):
@@ -159,7 +162,7 @@ def test_distance_methods_full_pool_zero_and_single(ref, gen, method):
     np.testing.assert_allclose(sel.scores, getattr(ref, method)(rows[:1], 1, train)[1], rtol=1e-12)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_exact_ties(ref, method):
     # integer-valued coordinates: every distance is exact, many are equal
     train = np.array([[0, 0], [4, 0], [0, 4]], np.float32)
@@ -183,7 +186,7 @@ def test_lcmd_cluster_weight_tie_takes_union(ref):
     assert sel.indices[0] == 2 and sel.scores[0] == 8.0
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_clustered_data(ref, gen, method):
     # tight, well-separated blobs: the engine only rescans clusters a new centre can reach
     # (triangle inequality); the reference rescans everything
@@ -199,7 +202,7 @@ def test_distance_methods_clustered_data(ref, gen, method):
     assert len(np.unique(labels[idx[:21]])) == 21  # first picks visit the 21 blobs without a centre
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("precision", ["float32", "float64"])
 def test_distance_methods_features_far_from_origin(ref, gen, method, precision):
     # real NTK features share a large common component: ||x|| >> distances between points. The
@@ -214,7 +217,7 @@ def test_distance_methods_features_far_from_origin(ref, gen, method, precision):
     np.testing.assert_allclose(sel.scores, scores, rtol=1e-9)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 def test_distance_methods_ragged_blocks_use_gram_sketch(ref, gen, method):
     d = 8
     train, t_off = gen.pool(20, d, 2, 10)
@@ -293,7 +296,7 @@ def test_gram_sketch_inner_products_estimate_kernel(gen):
     np.testing.assert_allclose(approx, exact, rtol=0.15)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
+@pytest.mark.parametrize("method", DISTANCE_METHODS)
 @pytest.mark.parametrize("offset", [0.0, 50.0])
 def test_train_centres_projected_bounds_route(ref, method, offset):
     # >= 1024 train vectors of width >= 128 with a decaying spectrum take the engine's
@@ -313,3 +316,167 @@ def test_train_centres_projected_bounds_route(ref, method, offset):
     np.testing.assert_array_equal(fast.indices, exact.indices)
     np.testing.assert_array_equal(fast.indices, idx)
     np.testing.assert_allclose(fast.scores, scores, rtol=1e-9, atol=1e-12 * float(np.max(scores)))
+
+
+# ---- every backend (the device fixture of conftest.py: the CPU, and CUDA arrays on a GPU) ----------------
+
+def test_greedy_pv_ill_conditioned_on_every_device(device, gen, ref):
+    d = 16
+    train = gen.ill_conditioned(300, d, sv_span=1e4, top=1e2)  # cond(Phi^T Phi) ~ 1e8
+    rows, offsets = gen.pool(80, d, 1, 6)
+    post = ntkal.Posterior(d, noise_var=1e-4, precision="float64").add(train)
+    sel = ntkal.select(device.put(rows), offsets, 30, method="greedy_pv", posterior=post)
+    idx, scores = ref.greedy_pv(rows, offsets, 30, train, None, 1e-4)
+    np.testing.assert_array_equal(device.get(sel.indices), idx)
+    np.testing.assert_allclose(device.get(sel.scores), scores, rtol=1e-7)
+
+
+def test_lcmd_on_multi_row_blocks(device, gen, ref):
+    d = 8
+    train, t_off = gen.pool(20, d, 1, 5)
+    rows, offsets = gen.pool(60, d, 1, 5)
+    sel = ntkal.select(device.put(rows), offsets, 12, method="lcmd", train_rows=device.put(train),
+                       train_offsets=t_off, seed=4)
+    idx, _ = ref.select(rows, offsets, 12, method="lcmd", train_rows=train, train_offsets=t_off, seed=4)
+    np.testing.assert_array_equal(device.get(sel.indices), idx)
+
+
+def test_distance_vectors_and_random(device, gen):
+    d = 6
+    rows, offsets = gen.pool(30, d, 1, 4)
+    z = device.get(ntkal.distance_vectors(device.put(rows), offsets, seed=2))
+    np.testing.assert_array_equal(z, ntkal.distance_vectors(rows, offsets, seed=2))
+    sel = ntkal.select(device.put(rows), offsets, 7, method="random", seed=9)
+    np.testing.assert_array_equal(device.get(sel.indices), ntkal.select(rows, offsets, 7, method="random", seed=9).indices)
+
+
+# ---- on a GPU: the same inputs through the CPU engine and the CUDA backend ---------------------------------
+
+@on_gpu
+class TestOnGpu:
+    """Selection on CUDA arrays against the CPU engine (tests/_gpu.py)."""
+
+    @pytest.mark.parametrize("layout", ["one_row", "ragged"])
+    @pytest.mark.parametrize("scale", [False, True])
+    def test_greedy_pv_same_picks(self, gen, layout, scale):
+        d = 48
+        post = _posterior(gen, d, scale=scale, noise_var=0.05, n_train=100)
+        if layout == "one_row":
+            rows, offsets = gen.rows(400, d), None
+        else:
+            offsets = gen.offsets(200, 1, 7)
+            rows = gen.rows(int(offsets[-1]), d)
+        cpu = ntkal.select(rows, offsets, 25, method="greedy_pv", posterior=post)
+        gpu = ntkal.select(_dev(rows), offsets, 25, method="greedy_pv", posterior=post)
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
+        np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-8)
+
+    @pytest.mark.parametrize("layout", ["one_row", "ragged", "duplicates"])
+    def test_greedy_pv_matches_reference_across_activations(self, gen, ref, layout):
+        """Pools larger than the first activation batch (4096 blocks), with exact ties and empty blocks:
+        the lazy device path picks plain greedy's sequence, like the CPU."""
+        d, n = 24, 40
+        if layout == "one_row":
+            rows, offsets = gen.rows(9000, d), None
+        elif layout == "ragged":
+            offsets = gen.offsets(6000, 0, 4)
+            rows = gen.rows(int(offsets[-1]), d)
+        else:
+            half = gen.rows(5000, d)
+            rows, offsets = np.concatenate([half, half[gen.rng.permutation(5000)]]), None
+        train, noise = gen.rows(200, d), 0.05
+        post = ntkal.Posterior(d, noise_var=noise, precision="float64").add(train)
+        gpu = ntkal.select(_dev(rows), offsets, n, method="greedy_pv", posterior=post)
+        cpu = ntkal.select(rows, offsets, n, method="greedy_pv", posterior=post)
+        ref_idx, ref_scores = ref.greedy_pv(rows, offsets, n, train, None, noise)
+        np.testing.assert_array_equal(_host(gpu.indices), ref_idx)
+        np.testing.assert_array_equal(cpu.indices, ref_idx)
+        np.testing.assert_allclose(_host(gpu.scores), ref_scores, rtol=1e-8)
+
+    def test_greedy_pv_holds_no_whitened_pool(self, gen):
+        """Device scratch stays far below the float64 whitened pool (rows x d x 8 bytes) that a non-lazy
+        path holds."""
+        torch = _torch()
+        d, n_pool = 256, 100_000
+        post = _posterior(gen, d, noise_var=1e-2, n_train=2000)
+        rows = torch.randn(n_pool, d, device="cuda", generator=torch.Generator("cuda").manual_seed(0)) / d ** 0.5
+        device = torch.cuda.current_device()
+        torch.cuda.synchronize()
+        _core.cuda.scratch_peak_bytes(device, True)
+        sel = ntkal.select(rows, None, 64, method="greedy_pv", posterior=post)
+        torch.cuda.synchronize()
+        peak = _core.cuda.scratch_peak_bytes(device, False)
+        assert _host(sel.indices).size == 64
+        assert peak < n_pool * d * 8 / 8, f"scratch peak {peak / 2**20:.1f} MiB"
+
+    @pytest.mark.parametrize("method", DISTANCE_METHODS)
+    @pytest.mark.parametrize("with_train", [False, True])
+    def test_distance_selection_same_picks(self, gen, method, with_train):
+        e = 40
+        rows = gen.rows(1500, e)
+        train = gen.rows(300, e) if with_train else None
+        kw = dict(method=method, train_rows=train, precision="float64")
+        cpu = ntkal.select(rows, None, 30, **kw)
+        gpu = ntkal.select(_dev(rows), None, 30, **kw)
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
+        np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-9)
+
+    @pytest.mark.parametrize("method", DISTANCE_METHODS)
+    def test_train_centres_far_from_origin(self, gen, method):
+        # a large shared offset: the GEMM form ||t||^2 - 2 x.t loses the differences in float32 unless
+        # both sides are centred, and the winner must still be the exact nearest train vector
+        e = 32
+        rows = gen.rows(1200, e) + np.float32(300.0)
+        train = gen.rows(250, e) + np.float32(300.0)
+        cpu = ntkal.select(rows, None, 25, method=method, train_rows=train, precision="float32")
+        gpu = ntkal.select(_dev(rows), None, 25, method=method, train_rows=_dev(train), precision="float32")
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
+        np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-9)
+
+    def test_lcmd_float32_init_on_separated_clusters(self, gen):
+        # nearest train centres are unambiguous (clusters 10 apart, noise 0.1): float32 init is exact
+        e = 24
+        centres = 10.0 * gen.rows(50, e)
+        train = centres.astype(np.float32)
+        rows = (np.repeat(centres, 30, axis=0) + gen.rows(1500, e, scale=0.1)).astype(np.float32)
+        cpu = ntkal.select(rows, None, 40, method="lcmd", train_rows=train)
+        gpu = ntkal.select(_dev(rows), None, 40, method="lcmd", train_rows=_dev(train))
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
+        np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-9)
+
+    def test_lcmd_on_ragged_blocks_uses_the_gram_sketch(self, gen):
+        d = 32
+        offsets = gen.offsets(400, 1, 6)
+        rows = gen.rows(int(offsets[-1]), d)
+        t_off = gen.offsets(80, 1, 6)
+        train = gen.rows(int(t_off[-1]), d)
+        z_cpu = ntkal.distance_vectors(rows, offsets, seed=5)
+        z_gpu = _host(ntkal.distance_vectors(_dev(rows), offsets, seed=5))
+        np.testing.assert_allclose(z_gpu, z_cpu, rtol=1e-4, atol=1e-4 * np.abs(z_cpu).max())
+        tz_gpu = _host(ntkal.distance_vectors(_dev(train), t_off, seed=5))
+        gpu = ntkal.select(_dev(rows), offsets, 20, method="lcmd", train_rows=train, train_offsets=t_off, seed=5,
+                           precision="float64")
+        # the CPU selection on the GPU's own vectors: float32 rounding of z cannot make them differ
+        cpu = ntkal.select(z_gpu, None, 20, method="lcmd", train_rows=tz_gpu, precision="float64")
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)
+        np.testing.assert_allclose(_host(gpu.scores), cpu.scores, rtol=1e-9)
+
+    def test_topk_and_random(self, gen):
+        d = 40
+        post = _posterior(gen, d, noise_var=0.1)
+        offsets = gen.offsets(600, 1, 4)
+        rows = gen.rows(int(offsets[-1]), d)
+        exact = _float64_twin(post).variance(rows, offsets)
+        top = ntkal.select(_dev(rows), offsets, 30, method="topk", posterior=post)
+        assert_ranking_matches(_host(top.indices), exact, 30)
+        cpu_rand = ntkal.select(rows, offsets, 30, method="random", posterior=post, seed=9)
+        gpu_rand = ntkal.select(_dev(rows), offsets, 30, method="random", posterior=post, seed=9)
+        np.testing.assert_array_equal(_host(gpu_rand.indices), cpu_rand.indices)
+        np.testing.assert_allclose(_host(gpu_rand.scores), cpu_rand.scores, rtol=1e-4)
+
+    def test_select_builds_posterior_from_device_train_rows(self, gen):
+        d = 24
+        rows, train = gen.rows(300, d), gen.rows(80, d)
+        cpu = ntkal.select(rows, None, 10, method="greedy_pv", train_rows=train, noise_var=0.02)
+        gpu = ntkal.select(_dev(rows), None, 10, method="greedy_pv", train_rows=_dev(train), noise_var=0.02)
+        np.testing.assert_array_equal(_host(gpu.indices), cpu.indices)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import ntkal
+from _gpu import _dev, _float64_twin, _host, assert_ranking_matches, on_gpu
 
 
 def _posterior(gen, d, precision="float64", n_train=60):
@@ -155,3 +156,57 @@ def test_pv_out_must_be_a_float64_array(gen):
     post = ntkal.Posterior(4).add(gen.rows(5, 4))
     with pytest.raises(ntkal.InvalidArgumentError, match="shortlist: pv_out"):
         ntkal.shortlist(gen.rows(6, 4), None, post, 2, pv_out=np.zeros(6, np.float32))
+
+
+# ---- every backend (the device fixture of conftest.py: the CPU, and CUDA arrays on a GPU) ----------------
+
+def test_shortlist_stream_with_rows(device, gen):
+    d = 10
+    post = ntkal.Posterior(d, noise_var=0.05).add(gen.rows(80, d))
+    rows, offsets = gen.pool(70, d, 1, 4)
+    pool = ntkal.Blocks(rows, offsets)
+    chunks = [ntkal.Blocks(device.put(pool.take(range(i, min(i + 20, 70))).rows),
+                           pool.take(range(i, min(i + 20, 70))).offsets) for i in range(0, 70, 20)]
+    idx, pv, kept = ntkal.shortlist(iter(chunks), None, post, 15, return_rows=True)
+    idx_host, pv_host = ntkal.shortlist(rows, offsets, post, 15)
+    np.testing.assert_array_equal(device.get(idx), idx_host)
+    np.testing.assert_allclose(device.get(pv), pv_host, rtol=1e-5)
+    np.testing.assert_array_equal(device.get(kept.rows), pool.take(idx_host).rows)
+
+
+# ---- on a GPU: the same inputs through the CPU engine and the CUDA backend ---------------------------------
+
+@on_gpu
+class TestOnGpu:
+    """The shortlist on CUDA arrays against the CPU engine (tests/_gpu.py)."""
+
+    @pytest.mark.parametrize("intensive", [False, True])
+    def test_shortlist_matches_cpu(self, gen, intensive):
+        d = 96
+        post = _posterior(gen, d, noise_var=0.1)
+        offsets = gen.offsets(3000, 1, 6)
+        rows = gen.rows(int(offsets[-1]), d)
+        k = 60
+        idx, pv = ntkal.shortlist(_dev(rows), offsets, post, k, intensive=intensive)
+        cpu_idx, cpu_pv = ntkal.shortlist(rows, offsets, post, k, intensive=intensive)
+        np.testing.assert_allclose(_host(pv), cpu_pv, rtol=1e-4)
+        exact = _float64_twin(post).variance(rows, offsets, intensive=intensive)  # decides near-ties
+        assert_ranking_matches(_host(idx), exact, k)
+        assert_ranking_matches(cpu_idx, exact, k)
+
+    def test_shortlist_stream_of_chunks(self, gen):
+        d = 64
+        post = _posterior(gen, d)
+        chunks, host = [], []
+        for n_blocks in (500, 1, 0, 800):
+            offsets = gen.offsets(n_blocks, 1, 4) if n_blocks else np.zeros(1, np.int64)
+            rows = gen.rows(int(offsets[-1]), d)
+            chunks.append((_dev(rows), offsets))
+            host.append(ntkal.Blocks(rows, offsets))
+        done = []
+        idx, pv = ntkal.shortlist(iter(chunks), None, post, 40, progress=done.append)
+        assert done == [500, 501, 501, 1301]
+        allb = ntkal.Blocks.concatenate(host)
+        exact = _float64_twin(post).variance(allb)
+        assert_ranking_matches(_host(idx), exact, 40)
+        np.testing.assert_allclose(_host(pv), exact[_host(idx)], rtol=1e-4)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import ntkal
+from _gpu import HAS_CUPY, _dev, _host, _torch, cb, on_gpu
 
 U32 = 2.0**-24
 KINDS = ["gaussian", "sparse_sign"]
@@ -160,3 +161,84 @@ def test_project_deterministic(gen, kind):
     J = gen.rows(50, 3000)
     np.testing.assert_array_equal(sk.project(J), sk.project(J))
     np.testing.assert_array_equal(sk.project(J), ntkal.Sketch(3000, 64, kind=kind, seed=123).project(J))
+
+
+# ---- on a GPU: the same inputs through the CPU engine and the CUDA backend ---------------------------------
+
+@on_gpu
+class TestOnGpu:
+    """Sketch projections on CUDA arrays against the CPU engine (tests/_gpu.py)."""
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    @pytest.mark.parametrize("lib", ["torch", "cupy"])
+    def test_project_matches_cpu(self, gen, kind, dtype, lib):
+        if lib == "cupy" and not HAS_CUPY:
+            pytest.skip("CuPy not installed")
+        sk = ntkal.Sketch(5000, 96, kind=kind, seed=11, nnz=3)
+        J = gen.rows(37, 3000, dtype=dtype)
+        J[:, 100:400] = 0.0  # unused parameters
+        cpu = sk.project(J, col_offset=1500)
+        out = sk.project(_dev(J, lib), col_offset=1500)
+        assert type(out).__module__.split(".")[0] == lib
+        assert tuple(out.shape) == (37, 96)
+        if kind == "sparse_sign":  # the CPU's chain per output, term for term
+            np.testing.assert_array_equal(_host(out), cpu)
+        np.testing.assert_allclose(_host(out), cpu, rtol=1e-5, atol=1e-5 * np.abs(cpu).max())
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+    def test_project_is_reproducible(self, gen, kind, dtype):
+        """Few rows and many parameters: the case the GPU splits over parameters. Same bits every run."""
+        torch = _torch()
+        sk = ntkal.Sketch(120_000, 200, kind=kind, seed=4, nnz=3)
+        J = _dev(gen.rows(24, 120_000, dtype=dtype))
+        base = _dev(gen.rows(24, 200))
+        runs = [sk.project(J, out=base.clone()) for _ in range(4)]
+        for other in runs[1:]:
+            assert torch.equal(other, runs[0])
+
+    @pytest.mark.parametrize("m,n_params,dim,nnz,col_offset", [
+        (5, 40_000, 96, 1, 0),          # one entry per parameter
+        (19, 30_000, 700, 8, 1234),     # two column groups of the gather, rows not a multiple of 8
+        (8, 1_000_000, 3000, 3, 7),     # several passes of per-column lists
+        (3, 3_000, 3000, 2500, 0),      # nnz above one sub-tile: sub-tiles split parameters
+    ])
+    def test_sparse_project_equals_cpu_bitwise(self, gen, m, n_params, dim, nnz, col_offset):
+        sk = ntkal.Sketch(n_params + col_offset, dim, kind="sparse_sign", seed=21, nnz=nnz)
+        J = gen.rows(m, n_params)
+        J[:, 10:300] = 0.0
+        for dtype in (np.float32, np.float64):
+            Jt = J.astype(dtype)
+            base = gen.rows(m, dim)
+            cpu = sk.project(Jt, col_offset=col_offset, out=base.copy())
+            gpu = sk.project(_dev(Jt), col_offset=col_offset, out=_dev(base))
+            np.testing.assert_array_equal(_host(gpu), cpu)
+
+    def test_project_rejects_non_finite_j(self, gen):
+        J = gen.rows(4, 100)
+        J[2, 7] = np.inf
+        with pytest.raises(ntkal.InvalidArgumentError, match="Sketch.project: J contains NaN or Inf"):
+            ntkal.Sketch(100, 8).project(_dev(J))
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    def test_sketch_entries_identical(self, kind):
+        sk = ntkal.Sketch(10_000, 130, kind=kind, seed=2**40 + 7, nnz=5)
+        gpu = _host(cb.sketch_dense(sk._s, 4321, 4821))
+        np.testing.assert_allclose(gpu, sk.dense(4321, 4821), rtol=1e-13, atol=1e-15)
+
+    @pytest.mark.parametrize("kind", ["gaussian", "sparse_sign"])
+    def test_project_accumulates_into_out_and_views(self, gen, kind):
+        torch = _torch()
+        sk = ntkal.Sketch(4000, 64, kind=kind, seed=3)
+        J = gen.rows(20, 4000)
+        base = gen.rows(20, 64)
+        expect = sk.project(J[:, :2500], out=base.copy())
+        expect = sk.project(J[:, 2500:], col_offset=2500, out=expect)
+        out = _dev(base)
+        Jd = _dev(J)
+        res = sk.project(Jd[:, :2500], out=out)  # a column slice: rows strided by 4000
+        assert res is out
+        sk.project(Jd[:, 2500:], col_offset=2500, out=out)
+        np.testing.assert_allclose(_host(out), expect, rtol=1e-5, atol=1e-5 * np.abs(expect).max())
+        assert out.device == Jd.device and out.dtype == torch.float32

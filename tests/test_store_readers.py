@@ -1,4 +1,4 @@
-"""Reading a feature store back: every reader (read, iter_blocks, take, to_dask, shortlist_store) reads a
+"""Reading a feature store back: every reader (read, iter_blocks, take, to_dask, screen of a store) reads a
 label through the record its writer made when the label was complete, and a gap, a chunk of other
 structures or a failed check raises FeatureStoreError naming the label, the structures and the check.
 The writers (compute_features, acquire) still move a damaged chunk aside and recompute it."""
@@ -18,7 +18,6 @@ import ntkal  # noqa: E402
 from ntkal.acquire import acquire  # noqa: E402
 from ntkal.feature_store import FeatureStore, FeatureStoreError  # noqa: E402
 from ntkal.features import compute_features  # noqa: E402
-from ntkal.store_scoring import shortlist_store  # noqa: E402
 
 LABEL = "structures"  # compute_features' default label
 
@@ -97,17 +96,17 @@ READERS = {
     "iter_blocks": lambda store: next(store.iter_blocks(LABEL)),  # the gap is found before any chunk is handed out
     "to_dask": lambda store: store.to_dask(LABEL)[0].compute(),
     "take": lambda store: store.take(LABEL, [30]),
-    "shortlist_store": lambda store: shortlist_store(store.path, ntkal.Posterior(Features.dim, noise_var=1e-2), 3,
-                                                     label=LABEL, progress=False),
+    "screen": lambda store: ntkal.screen(store.path, ntkal.Posterior(Features.dim, noise_var=1e-2), LABEL,
+                                         shortlist=3, progress=False),
 }
 
 
 @pytest.mark.parametrize("reader", sorted(READERS))
 def test_a_missing_chunk_is_a_gap_for_every_reader(stored, reader):
-    """Before: read put structure 32 at block 24, shortlist_store gave NaN PVs, all without an error."""
+    """Before: read put structure 32 at block 24, store scoring gave NaN PVs, all without an error."""
     store, whole = stored
     shutil.rmtree(chunk_dir(store, 24, 32))
-    where = "shortlist_store: store" if reader == "shortlist_store" else f"FeatureStore.{reader}: path"
+    where = "screen: store" if reader == "screen" else f"FeatureStore.{reader}: path"
     with pytest.raises(FeatureStoreError, match=rf"{where} .*'structures' structures 24\.\.32: missing"):
         READERS[reader](store)
     if reader == "take":  # chunks that are there still serve take
@@ -135,12 +134,13 @@ def test_to_dask_checks_each_chunk_when_dask_reads_it(stored):
         rows.compute()
 
 
-def test_shortlist_store_scores_a_stored_pool_and_refuses_damage(stored):
+def test_screen_of_a_store_scores_the_stored_pool_and_refuses_damage(stored):
     store, whole = stored
     train = Features()(cells(6, 4))
     post = ntkal.Posterior(Features.dim, noise_var=1e-2).add(train.rows, train.offsets)
     expect = np.asarray(post.variance(whole.rows, whole.offsets), dtype=np.float64)
-    idx, pv, all_pv = shortlist_store(store.path, post, 5, label=LABEL, progress=False)
+    found = ntkal.screen(store.path, post, LABEL, shortlist=5, progress=False)
+    (idx, pv), all_pv = found.shortlists["*"], found.pool_pv
     np.testing.assert_allclose(all_pv, expect, rtol=1e-12)
     order = np.lexsort((np.arange(40), -expect))[:5]  # highest PV first, ties: lower index
     np.testing.assert_array_equal(idx, order)
@@ -148,7 +148,7 @@ def test_shortlist_store_scores_a_stored_pool_and_refuses_damage(stored):
     flip_a_byte(rows_file(store, 8, 16))  # found by the chunk's task when it reads the rows
     with pytest.raises(FeatureStoreError, match=r"'structures' structures 8\.\.16: the chunk fails a check: its file "
                        r"rows/c/0/0 fails its crc32"):
-        shortlist_store(store.path, post, 5, label=LABEL, progress=False)
+        ntkal.screen(store.path, post, LABEL, shortlist=5, progress=False)
     assert chunk_dir(store, 8, 16).is_dir()
 
 

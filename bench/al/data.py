@@ -1,4 +1,5 @@
-"""Labelled structures for the active-learning benchmark, generated offline and cached.
+"""Labelled structures for the active-learning study, generated offline and cached: the ``mixed`` scenario
+(molecules and metals), and what every scenario shares (Dataset, labelled frames, MD, the cache).
 
 Molecules: Langevin MD driven by GFN2-xTB (tblite, non-periodic); every kept frame carries
 the xTB energy and forces of that frame. Metals: Langevin MD of small Cu / Cu-Au cells
@@ -59,6 +60,9 @@ class DataRecipe:
     def key(self) -> str:
         text = json.dumps({"version": DATA_VERSION, **asdict(self)}, sort_keys=True)
         return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+    def generate(self) -> "Dataset":
+        return generate(self)
 
 
 @dataclass
@@ -187,7 +191,7 @@ def load_dataset(cache_dir: str, recipe: DataRecipe | None = None, verbose: bool
         return Dataset(by_split["pool"], by_split["test_id"], by_split["test_shift"], recipe)
     if verbose:
         print(f"generating labelled data (GFN2-xTB / EMT MD) -> {path}", flush=True)
-    data = generate_copper(recipe) if isinstance(recipe, CopperRecipe) else generate(recipe)
+    data = recipe.generate()
     tmp = path + ".tmp"
     write(tmp, data.pool + data.test_id + data.test_shift, format="extxyz")
     os.replace(tmp, path)
@@ -202,76 +206,3 @@ def energies_forces(frames) -> tuple[np.ndarray, list]:
     energies = np.array([f.get_potential_energy() for f in frames])
     forces = [f.get_forces() for f in frames]
     return energies, forces
-
-
-# ---- single-domain scenario: copper, mostly redundant near-equilibrium frames -------------------------
-
-@dataclass(frozen=True)
-class CopperRecipe:
-    """A pool dominated by redundant 300 K MD frames of bulk Cu (the common case of a screen) plus
-    rarer conditions; the in-distribution test set is spread evenly over all conditions.
-
-    Conditions (``info["system"]``): ``bulk`` 8-atom fcc cell at 300 K (most of the pool); ``hot``
-    the same cell at 1200 K; ``vacancy`` a 7-atom cell at 600 K; ``surface`` a 12-atom (111) slab
-    (3 layers, 10 A of vacuum, periodic cell) at 600 K; ``strained`` the 8-atom cell under up to 4 %
-    random strain at 600 K. Labels: ASE EMT. ``test_shift``: bulk and vacancy cells at 1500 K.
-    """
-
-    bulk_pool_trajectories: int = 7
-    bulk_pool_frames: int = 40  # per trajectory: 280 frames, 70 % of the pool
-    rare_pool_trajectories: int = 3
-    rare_pool_frames: int = 10  # per (condition, trajectory): 30 per rare condition, 120 in all
-    test_frames: int = 20  # per condition (own trajectories)
-    shift_frames: int = 10
-    seed: int = 0
-
-    def key(self) -> str:
-        text = json.dumps({"version": DATA_VERSION, "scenario": "copper", **asdict(self)}, sort_keys=True)
-        return "cu_" + hashlib.sha1(text.encode()).hexdigest()[:10]
-
-
-COPPER_CONDITIONS = {"bulk": 300, "hot": 1200, "vacancy": 600, "surface": 600, "strained": 600}
-
-
-def _copper_cell(condition: str, rng) -> Atoms:
-    from ase.build import fcc111
-
-    if condition == "surface":
-        slab = fcc111("Cu", size=(2, 2, 3), a=3.61, vacuum=5.0)  # 5 A each side: 10 A between images
-        slab.pbc = True
-        return slab
-    cell = bulk("Cu", "fcc", a=3.61, cubic=True).repeat((2, 1, 1))  # 8 atoms
-    if condition == "vacancy":
-        del cell[int(rng.integers(len(cell)))]
-    strain = 0.04 if condition == "strained" else 0.005
-    eps = rng.uniform(-strain, strain, size=(3, 3))
-    eps = 0.5 * (eps + eps.T)
-    cell.set_cell(cell.cell @ (np.eye(3) + eps), scale_atoms=True)
-    return cell
-
-
-def _copper_frames(condition, temperature, n_frames, rng, **info):
-    atoms = _copper_cell(condition, rng)
-    frames = []
-    for snap, energy, forces in _run_md(atoms, EMT(), temperature, 2.0, 0.02, 50, n_frames, 10, rng):
-        frames.append(_labelled_copy(snap, energy, forces, domain="metal", system=condition,
-                                     temperature=int(temperature), **info))
-    return frames
-
-
-def generate_copper(recipe: CopperRecipe) -> Dataset:
-    t0 = time.perf_counter()
-    streams = iter(np.random.SeedSequence([recipe.seed, 77]).spawn(1000))
-    rng = lambda: np.random.default_rng(next(streams))  # noqa: E731
-    pool, test_id, test_shift = [], [], []
-    r = recipe
-    for _ in range(r.bulk_pool_trajectories):
-        pool += _copper_frames("bulk", 300, r.bulk_pool_frames, rng(), split="pool")
-    for condition, temperature in COPPER_CONDITIONS.items():
-        if condition != "bulk":
-            for _ in range(r.rare_pool_trajectories):
-                pool += _copper_frames(condition, temperature, r.rare_pool_frames, rng(), split="pool")
-        test_id += _copper_frames(condition, temperature, r.test_frames, rng(), split="test_id")
-    for condition in ("bulk", "vacancy"):
-        test_shift += _copper_frames(condition, 1500, r.shift_frames, rng(), split="test_shift", shift="temperature")
-    return Dataset(pool, test_id, test_shift, recipe, time.perf_counter() - t0)

@@ -82,21 +82,15 @@ def split_joint(blocks, energy_weight: float):
 
 def loss_matched(unit, frames):
     """Joint rows weighted to the study's fine-tuning loss, MSE(E/atom) + MSE(F) over a batch's components,
-    with the product's ntkal.torch.Loss: energy row / N, force rows x sqrt(1 / (3 N_mean)). Exact from the
+    by the product's ntkal.torch.Loss (energy row / N, force rows x sqrt(1 / (3 N_mean))). Exact from the
     unit-weight joint rows (weighting after the linear sketch is exact), so no second featurisation."""
     import ntkal
     from ntkal.torch import Loss
 
     n_atoms = np.array([len(f) for f in frames])
     loss = Loss(1.0, 1.0 / (3.0 * n_atoms.mean()), "per_atom", "per_component")
-    out = []
-    for i in range(len(unit)):
-        e, f = loss.row_weights(int(n_atoms[i]))
-        rows = np.array(unit[i], dtype=np.float32)
-        rows[:1] *= e
-        rows[1:] *= f
-        out.append(rows)
-    return ntkal.Blocks.from_list(out)
+    return ntkal.Blocks.from_list([loss.weight_rows(np.array(unit[i], dtype=np.float32), int(n_atoms[i]),
+                                                    energy_row=True, force_rows=True) for i in range(len(unit))])
 
 
 def compute(kernels, frames, cfg: FeatureConfig, verbose: bool = True) -> dict:

@@ -1,7 +1,8 @@
 """Run many (strategy, seed, pool) learning curves, in worker processes when asked.
 
-Two 1-thread processes give ~2x the throughput of one 2-thread process on CHGNet (see
-REFERENCE), so the study runs its jobs in ``workers`` spawned processes. Every worker loads
+Jobs are many small CHGNet passes, for which a second torch thread in one process gains little (see
+``ntkal.torch.Featurizer``'s ``threads``), so the study runs its jobs in ``workers`` spawned processes of
+one thread each. Every worker loads
 the cached dataset and the pool features from the run directory once.
 
 Phase 1 trains each (pool, seed)'s round-0 model once (all strategies share the initial set);

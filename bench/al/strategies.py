@@ -4,7 +4,9 @@ Interface: ``strategy.select(state, n) -> indices into the dataset pool``; the l
 call, so everything a strategy needs to decide (training committee members, predicting the
 pool, building the posterior) is charged to its acquisition seconds. Kernel strategies get
 precomputed pool features (see ``features.py``); their one-time featurisation cost is
-charged to their first acquisition.
+charged to their first acquisition. Every kernel strategy selects through the product,
+``ntkal.acquire`` on the features looked up (``ntkal.features.Precomputed``): its strata,
+quotas, shortlists and selection methods. :data:`REGISTRY` lists the strategies, one line each.
 """
 from __future__ import annotations
 
@@ -14,15 +16,6 @@ import numpy as np
 
 from . import model as M
 
-STRATEGIES = ("random", "committee", "max_force", "embedding", "energy_ntk", "force_ntk",
-              "joint_ntk", "joint_ntk_greedy", "acq_embedding", "acq_energy", "acq_force", "acq_joint",
-              "acq_joint_loss", "acq_joint_current")
-KERNEL_OF = {"embedding": "embedding", "energy_ntk": "energy", "force_ntk": "force",
-             "joint_ntk": "joint", "joint_ntk_greedy": "joint", "acq_embedding": "embedding",
-             "acq_energy": "energy", "acq_force": "force", "acq_joint": "joint", "acq_joint_loss": "joint_loss"}
-# acq_*: the product pipeline itself, ntkal.acquire with its defaults, on the precomputed pool features;
-# acq_joint_current featurizes with each round's fine-tuned model instead, so it has no precomputed kernel
-PRODUCT_STRATEGIES = tuple(name for name in STRATEGIES if name.startswith("acq_"))
 ACQUIRE_KEYS = ("strategy", "strata", "calibrate", "noise_var", "scale", "intensive", "shortlist")
 
 
@@ -86,20 +79,24 @@ class CommitteeStrategy:
 
 
 class KernelStrategy:
-    """Posterior variance on fixed pool features: PV shortlist + LCMD, or greedy PV.
+    """The product's pipeline (:func:`ntkal.acquire`) on fixed pool features: a PV shortlist then LCMD with the
+    training structures as centres, or greedy PV over every candidate, per composition stratum or not.
+
+    The features are looked up, not computed (:class:`ntkal.features.Precomputed`); the settings below are the
+    study's knobs on top of the product's defaults.
 
     Parameters
     ----------
     name : str
-    features : ntkal.Blocks
-        One block per dataset-pool structure.
+    features : PoolFeatures
+        One block per featurized dataset-pool structure.
     feature_seconds : float
         Measured cost of computing ``features``; charged to the first selection.
     method : {"lcmd", "greedy_pv"}
     noise_var : float
         sigma^2 of the posterior (relative to the mean training row norm: scale=True).
     shortlist_factor : int
-        Shortlist size = shortlist_factor * n for LCMD.
+        LCMD: shortlist size = shortlist_factor * n (split over strata in proportion to their candidates).
     intensive : bool
         Rank by PV per row (per force component) so structure size alone does not rank.
     normalize : bool
@@ -111,8 +108,8 @@ class KernelStrategy:
     stratify : bool
         Split the batch over composition strata (the set of elements of a structure, known
         before labelling) in proportion to their share of the candidates, and select within
-        each stratum against the whole training set. Measured reason: unstratified, every NTK
-        variant spent 98-100 % of its labels on molecules (62 % of the pool).
+        each stratum against the whole training set (``ntkal.acquire(strata="composition")``). Measured
+        reason: unstratified, every NTK variant spent 98-100 % of its labels on molecules (62 % of the pool).
     """
 
     def __init__(self, name, features, feature_seconds, *, method="lcmd", noise_var=1e-2,
@@ -128,14 +125,16 @@ class KernelStrategy:
         self.normalize = normalize
         self.energy_weight = energy_weight
         self.stratify = stratify
+        self._lookup = None
 
-    def _take(self, indices):
+    def _transformed(self):
+        """The features with the study's transforms (energy-row weight, normalisation) applied."""
         import ntkal
 
-        blocks = self.features.take(indices)
+        blocks = self.features.blocks
         if self.energy_weight != 1.0:
             rows = blocks.rows.copy()
-            rows[blocks.offsets[:-1]] *= self.energy_weight
+            rows[blocks.offsets[:-1][blocks.sizes > 0]] *= self.energy_weight
             blocks = ntkal.Blocks(rows, blocks.offsets)
         if not self.normalize:
             return blocks
@@ -145,27 +144,16 @@ class KernelStrategy:
                             blocks.offsets)
 
     def select(self, state: RoundState, n: int) -> np.ndarray:
-        import ntkal
+        from ntkal.features import Precomputed
 
-        train = self._take(state.labelled)
-        post = ntkal.Posterior(train.dim, noise_var=self.noise_var, scale=True).add(train)
-        if not self.stratify:
-            return self._pick(state.candidates, train, post, n, state.seed)
-        return np.concatenate([self._pick(members, train, post.copy(), quota, state.seed)
-                               for members, quota in composition_strata(state.candidates, state.graphs, n)
-                               if quota > 0])
-
-    def _pick(self, candidates, train, post, n, seed):
-        import ntkal
-
-        cand = self._take(candidates)
-        if self.method == "greedy_pv":
-            picked, _ = ntkal.select(cand, None, n, method="greedy_pv", posterior=post)
-            return candidates[picked]
-        k = min(len(candidates), max(n, self.shortlist_factor * n))
-        short, _ = ntkal.shortlist(cand, None, post, k, intensive=self.intensive)
-        picked, _ = ntkal.select(cand.take(short), None, n, method="lcmd", train_rows=train, seed=seed)
-        return candidates[short[picked]]
+        if self._lookup is None:
+            self._lookup = Precomputed(self._transformed(), [state.frames[i] for i in self.features.index],
+                                       name=f"study-{self.name}")
+        k = len(state.candidates) if self.method == "greedy_pv" else \
+            min(len(state.candidates), max(n, self.shortlist_factor * n))
+        return _acquire_picks(self._lookup, state, n, {
+            "strategy": self.method, "shortlist": k, "noise_var": self.noise_var, "scale": True,
+            "intensive": self.intensive, "strata": "composition" if self.stratify else "none"})
 
     def charge_once(self) -> float:
         """Featurisation seconds not yet charged (returned once, then 0)."""
@@ -173,74 +161,42 @@ class KernelStrategy:
         return seconds
 
 
-def composition_strata(candidates, graphs, n: int):
-    """[(candidate indices, quota)] per element set; quotas sum to ``n`` (largest remainder)."""
-    keys = [tuple(np.unique(graphs[i].atomic_number.numpy()).tolist()) for i in candidates]
-    groups = {}
-    for i, key in zip(candidates, keys):
-        groups.setdefault(key, []).append(i)
-    order = sorted(groups)  # deterministic
-    share = np.array([n * len(groups[k]) / len(candidates) for k in order])
-    quota = np.minimum(np.floor(share).astype(int), [len(groups[k]) for k in order])
-    # the remaining picks go to the largest fractional parts (ties: the larger stratum, then key order)
-    for j in sorted(range(len(order)), key=lambda j: (-(share[j] - quota[j]), -len(groups[order[j]]), j)):
-        if quota.sum() == n:
-            break
-        if quota[j] < len(groups[order[j]]):
-            quota[j] += 1
-    return [(np.array(groups[k]), int(q)) for k, q in zip(order, quota)]
-
-
-class LookupFeaturizer:
-    """A featurizer for ntkal.acquire that looks the precomputed pool features up by structure digest, and
-    predicts forces with the pretrained model (the model the features were computed with)."""
-
-    def __init__(self, name, features, frames):
-        from ntkal.structures import structure_digest
-
-        self.features = features
-        self.name = name
-        self.index = {structure_digest(f): i for i, f in enumerate(frames)}
-        self.frames = frames
-        self._forces = None
-
-    def fingerprint(self) -> str:
-        return f"lookup-{self.name}"
-
-    def _position(self, atoms) -> int:
-        from ntkal.structures import structure_digest
-
-        return self.index[structure_digest(atoms)]
-
-    def __call__(self, structures):
-        return self.features.take([self._position(a) for a in structures])
-
-    def predict_forces(self, atoms):
-        if self._forces is None:  # the pretrained model's forces on the whole dataset pool, once
-            net = M.pretrained()
-            _, forces = M.predict(net, M.to_graphs(net, self.frames))
-            self._forces = forces
-        return np.asarray(self._forces[self._position(atoms)], dtype=np.float64)
-
-
-class AcquireStrategy:
-    """ntkal.acquire on the candidates, with the labelled structures (labels attached) as training set."""
+class AcquireStrategy(KernelStrategy):
+    """ntkal.acquire with its own defaults (or ``acquire_kwargs``) on the candidates, the labelled structures
+    (labels attached) as training set, the precomputed pool features looked up, and the pretrained model's
+    forces for calibration."""
 
     def __init__(self, name, features, feature_seconds, **acquire_kwargs):
-        self.name = name
-        self.features = features
-        self.pending_seconds = float(feature_seconds)
+        super().__init__(name, features, feature_seconds)
         self.kwargs = acquire_kwargs
-        self._featurizer = None
 
     def select(self, state: RoundState, n: int) -> np.ndarray:
-        if self._featurizer is None:
-            self._featurizer = LookupFeaturizer(self.name, self.features, state.frames)
-        return _acquire_picks(self._featurizer, state, n, self.kwargs)
+        from ntkal.features import Precomputed
 
-    def charge_once(self) -> float:
-        seconds, self.pending_seconds = self.pending_seconds, 0.0
-        return seconds
+        if self._lookup is None:
+            frames = [state.frames[i] for i in self.features.index]
+            self._lookup = Precomputed(self.features.blocks, frames, name=f"study-{self.name}",
+                                       predict_forces=_PretrainedForces(frames))
+        return _acquire_picks(self._lookup, state, n, self.kwargs)
+
+
+class _PretrainedForces:
+    """The pretrained model's forces on the featurized frames (the model the features come from), computed once."""
+
+    def __init__(self, frames):
+        from ntkal.structures import structure_digest
+
+        self.frames = frames
+        self.index = {structure_digest(f): i for i, f in enumerate(frames)}
+        self._forces = None
+
+    def __call__(self, atoms, checked: bool = False):
+        from ntkal.structures import structure_digest
+
+        if self._forces is None:
+            net = M.pretrained()
+            _, self._forces = M.predict(net, M.to_graphs(net, self.frames))
+        return np.asarray(self._forces[self.index[structure_digest(atoms)]], dtype=np.float64)
 
 
 class CurrentModelStrategy:
@@ -279,28 +235,59 @@ def _acquire_picks(featurizer, state: RoundState, n: int, kwargs: dict) -> np.nd
     return state.candidates[res.indices]
 
 
+def _kernel(method):
+    def build(name, features, args):
+        if args["energy_weight"] != 1.0 and KERNEL_OF[name] != "joint":
+            raise ValueError(f"strategies.make: energy_weight applies to joint-kernel strategies, not {name!r}")
+        blocks, seconds = features
+        return KernelStrategy(name, blocks, seconds, method=method, noise_var=args["noise_var"],
+                              shortlist_factor=args["shortlist_factor"], intensive=args["intensive"],
+                              normalize=args["normalize"], energy_weight=args["energy_weight"],
+                              stratify=args["stratify"])
+    return build
+
+
+def _product(name, features, args):
+    blocks, seconds = features
+    return AcquireStrategy(name, blocks, seconds, **(args["acquire"] or {}))
+
+
+def _current_model(name, features, args):
+    return CurrentModelStrategy(name, **args["feature"], **(args["acquire"] or {}))
+
+
+# The study's strategies, one line each: name -> (the pool features it needs, or None; how to build it from
+# (name, (features, seconds), the arguments of make)). acq_*: the product pipeline itself, ntkal.acquire with its
+# defaults, on the precomputed pool features; acq_joint_current featurizes with each round's fine-tuned model.
+REGISTRY = {
+    "random": (None, lambda name, features, args: RandomStrategy()),
+    "committee": (None, lambda name, features, args: CommitteeStrategy(args["committee_size"])),
+    "max_force": (None, lambda name, features, args: MaxForceStrategy()),
+    "embedding": ("embedding", _kernel("lcmd")),
+    "energy_ntk": ("energy", _kernel("lcmd")),
+    "force_ntk": ("force", _kernel("lcmd")),
+    "joint_ntk": ("joint", _kernel("lcmd")),
+    "joint_ntk_greedy": ("joint", _kernel("greedy_pv")),
+    "acq_embedding": ("embedding", _product),
+    "acq_energy": ("energy", _product),
+    "acq_force": ("force", _product),
+    "acq_joint": ("joint", _product),
+    "acq_joint_loss": ("joint_loss", _product),
+    "acq_joint_current": (None, _current_model),
+}
+STRATEGIES = tuple(REGISTRY)
+KERNEL_OF = {name: kernel for name, (kernel, _) in REGISTRY.items() if kernel is not None}
+PRODUCT_STRATEGIES = tuple(name for name in STRATEGIES if name.startswith("acq_"))
+
+
 def make(name: str, features=None, *, committee_size=4, noise_var=1e-2, shortlist_factor=4,
          intensive=True, normalize=False, energy_weight=1.0, stratify=False, acquire=None,
          feature=None):
-    """Strategy ``name``; kernel strategies need ``features`` = (Blocks, seconds); ``acq_joint_current``
+    """Strategy ``name``; kernel strategies need ``features`` = (PoolFeatures, seconds); ``acq_joint_current``
     needs ``feature`` = {"dim", "force_rows", "feature_seed"} (the pretrained features' settings)."""
-    if name == "acq_joint_current":
-        return CurrentModelStrategy(name, **feature, **(acquire or {}))
-    if name == "random":
-        return RandomStrategy()
-    if name == "max_force":
-        return MaxForceStrategy()
-    if name == "committee":
-        return CommitteeStrategy(committee_size)
-    if name.startswith("acq_"):
-        blocks, seconds = features
-        return AcquireStrategy(name, blocks, seconds, **(acquire or {}))
-    if name in KERNEL_OF:
-        if energy_weight != 1.0 and KERNEL_OF[name] != "joint":
-            raise ValueError(f"strategies.make: energy_weight applies to joint-kernel strategies, not {name!r}")
-        blocks, seconds = features
-        method = "greedy_pv" if name.endswith("_greedy") else "lcmd"
-        return KernelStrategy(name, blocks, seconds, method=method, noise_var=noise_var,
-                              shortlist_factor=shortlist_factor, intensive=intensive,
-                              normalize=normalize, energy_weight=energy_weight, stratify=stratify)
-    raise ValueError(f"strategies.make: unknown strategy {name!r}; expected one of {STRATEGIES}")
+    if name not in REGISTRY:
+        raise ValueError(f"strategies.make: unknown strategy {name!r}; expected one of {STRATEGIES}")
+    args = dict(committee_size=committee_size, noise_var=noise_var, shortlist_factor=shortlist_factor,
+                intensive=intensive, normalize=normalize, energy_weight=energy_weight, stratify=stratify,
+                acquire=acquire, feature=feature)
+    return REGISTRY[name][1](name, features, args)

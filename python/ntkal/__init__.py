@@ -1,7 +1,8 @@
 """ntkal: choose which atomic structures to label next, scored with the model's own neural tangent kernel.
 
 Public API: :class:`Sketch`, :class:`Posterior`, :func:`shortlist`, :func:`select`, :class:`Selection`,
-:class:`Blocks`, :func:`build_info`. PyTorch Jacobian export lives in :mod:`ntkal.torch` (optional).
+:class:`Blocks`, :func:`screen`, :class:`Screen`, :func:`acquire`, :func:`build_info`. PyTorch Jacobian
+export lives in :mod:`ntkal.torch` (optional). ARCHITECTURE.md in the repository maps the modules.
 """
 from ._loader import _core
 from .acquire import AcquisitionResult, acquire
@@ -10,6 +11,7 @@ from .errors import InvalidArgumentError, NumericalError
 from .info import build_info, get_num_threads, set_num_threads
 from .options import METHODS, STRATEGIES
 from .posterior import Posterior
+from .screen import Screen, screen
 from .select import Selection, distance_vectors, select
 from .shortlist import shortlist
 from .sketch import Sketch
@@ -28,7 +30,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AcquisitionResult", "StructureSource", "acquire", "write_structures",
-    "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "Selection", "Sketch",
-    "STRATEGIES", "build_info", "distance_vectors", "get_num_threads", "select", "set_num_threads", "shortlist",
+    "AcquisitionResult", "Blocks", "InvalidArgumentError", "METHODS", "NumericalError", "Posterior", "STRATEGIES",
+    "Screen", "Selection", "Sketch", "StructureSource", "acquire", "build_info", "distance_vectors", "get_num_threads",
+    "screen", "select", "set_num_threads", "shortlist", "write_structures",
 ]

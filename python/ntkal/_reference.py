@@ -1,6 +1,6 @@
 """Pure-NumPy reference implementation of every ntkal engine operation.
 
-Written independently of the C++ engine, from the math in DESIGN.md §1, and used by the test
+Written independently of the C++ engine, from the math in ARCHITECTURE.md ("The math"), and used by the test
 suite as the oracle the engine is compared against. Everything is float64 (posterior algebra in
 ``np.longdouble``, 80-bit on x86-64, so the reference's own rounding error sits far below the
 engine's). Nothing here is fast; everything here is meant to be obviously right.

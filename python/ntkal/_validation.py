@@ -79,9 +79,13 @@ def as_offsets(offsets, n_rows: int, where: str, name: str = "offsets") -> np.nd
     return o
 
 
-def as_int(x, where: str, name: str, *, low: int | None = None, high: int | None = None) -> int:
+def as_int(x, where: str, name: str, *, low: int | None = None, high: int | None = None,
+           optional: bool = False) -> int | None:
+    """``x`` as an int in [low, high] (a bool is no integer); None passes when ``optional``."""
+    if optional and x is None:
+        return None
     if isinstance(x, bool) or not isinstance(x, numbers.Integral):
-        fail(where, f"{name} must be an integer; got {x!r}")
+        fail(where, f"{name} must be {'None or ' if optional else ''}an integer; got {x!r}")
     x = int(x)
     if (low is not None and x < low) or (high is not None and x > high):
         if low is not None and high is not None:
@@ -90,11 +94,8 @@ def as_int(x, where: str, name: str, *, low: int | None = None, high: int | None
     return x
 
 
-def as_positive_float(x, where: str, name: str) -> float:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        fail(where, f"{name} must be a positive finite number; got {x!r}")
-    if not np.isfinite(v) or v <= 0:
-        fail(where, f"{name} must be a positive finite number; got {x!r}")
-    return v
+def as_positive_float(x, where: str, name: str, unit: str = "") -> float:
+    """``x`` as a finite float > 0 (a real number, not a bool or a string), ``unit`` named in the error."""
+    if isinstance(x, bool) or not isinstance(x, numbers.Real) or not np.isfinite(float(x)) or float(x) <= 0:
+        fail(where, f"{name} must be a positive finite number{f' ({unit})' if unit else ''}; got {x!r}")
+    return float(x)

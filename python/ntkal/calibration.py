@@ -18,7 +18,7 @@ import numpy as np
 
 from . import backends
 from .blocks import Blocks
-from .errors import InvalidArgumentError
+from .errors import fail
 
 __all__ = ["Calibration", "calibrate", "leave_one_out_variance", "force_residual_sq"]
 
@@ -64,16 +64,16 @@ def force_residual_sq(predicted, reference) -> np.ndarray:
     ndarray, shape (n,), float64
     """
     if len(predicted) != len(reference):
-        raise InvalidArgumentError(f"force_residual_sq: {len(predicted)} predictions for {len(reference)} references")
+        fail("force_residual_sq", f"{len(predicted)} predictions for {len(reference)} references")
     out = np.empty(len(predicted))
     for i, (p, r) in enumerate(zip(predicted, reference)):
         p, r = np.asarray(p, np.float64), np.asarray(r, np.float64)
         if p.shape != r.shape:
-            raise InvalidArgumentError(f"force_residual_sq: structure {i}: predicted forces {p.shape} vs reference "
-                                       f"{r.shape}")
+            fail("force_residual_sq", f"structure {i}: predicted forces {p.shape} vs reference "
+                                      f"{r.shape}")
         out[i] = math.fsum(((p - r) ** 2).ravel()) / p.size  # exactly rounded: no summation order
     if not np.all(np.isfinite(out)):
-        raise InvalidArgumentError("force_residual_sq: forces must be finite")
+        fail("force_residual_sq", "forces must be finite")
     return out
 
 
@@ -129,11 +129,11 @@ def calibrate(residual_sq, loo_pv, keys, *, min_count: int = 3) -> Calibration:
     v = np.asarray(loo_pv, dtype=np.float64).reshape(-1)
     keys = list(keys)
     if not (r.shape == v.shape and len(keys) == r.shape[0]):
-        raise InvalidArgumentError(f"calibrate: residual_sq {r.shape}, loo_pv {v.shape} and keys ({len(keys)}) "
-                                   "must have one entry per labelled structure")
+        fail("calibrate", f"residual_sq {r.shape}, loo_pv {v.shape} and keys ({len(keys)}) "
+                          "must have one entry per labelled structure")
     ok = np.isfinite(r) & np.isfinite(v) & (v > 0)
     if not ok.any():
-        raise InvalidArgumentError("calibrate: no labelled structure with a finite residual and a positive PV")
+        fail("calibrate", "no labelled structure with a finite residual and a positive PV")
     # math.fsum: exactly rounded sums, so the scales do not depend on a summation order
     pooled = math.fsum(r[ok]) / math.fsum(v[ok])
     scales, counts, mean_r = {}, {}, {}

@@ -3,6 +3,8 @@
     ntkal select --model chgnet --train train.extxyz --pool pool.extxyz -n 100 --kernel joint --out selected.extxyz
     ntkal features --model chgnet --structures pool.extxyz --kernel joint --out pool_features
     ntkal demo
+    ntkal md --model chgnet --train train.extxyz --structure start.extxyz --temperature 300:1500 --steps 2000 \
+        --every 20 --collect 0.1 --halt 0.5 --out flagged.extxyz
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import time
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, fail
 from .options import CALIBRATE, FORCE_METHODS, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
 
 __all__ = ["main", "build_parser"]
@@ -78,9 +80,11 @@ def _add_on_error(p: argparse.ArgumentParser) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_default=512, rows_default="4"):
     g = p.add_argument_group("model and features")
-    g.add_argument("--model", default="chgnet", help="model name: chgnet, sevennet (SevenNet-0), a SevenNet checkpoint "
-                   "the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, 7net-mf-0) or toy (default chgnet)")
-    g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped weights")
+    g.add_argument("--model", default="chgnet", help="model name: chgnet, mace (with --checkpoint), sevennet "
+                   "(SevenNet-0), a SevenNet checkpoint the sevenn wheel ships (7net-0, 7net-0_22may2024, 7net-l3i5, "
+                   "7net-mf-0) or toy (default chgnet); ntkal.torch.models.REGISTRY lists them")
+    g.add_argument("--checkpoint", default=None, help="a CHGNet or SevenNet checkpoint file instead of the shipped "
+                   "weights, or a MACE model file")
     g.add_argument("--modal", default=None, help="fidelity of a multi-fidelity SevenNet (7net-mf-0), e.g. PBE")
     g.add_argument("--allow-unsafe-load", action="store_true", help="--model mace: let the model file run the code it "
                    "stores while loading (MACE files embed e3nn's generated modules); only for a file you trust")
@@ -112,11 +116,7 @@ def _add_model_args(p: argparse.ArgumentParser, *, kernel_default="joint", dim_d
     g.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
-                                     "pick which structures to label next.")
-    sub = parser.add_subparsers(dest="command", metavar="{select,score,features,demo}")
-
+def _add_select(sub) -> None:
     p = sub.add_parser("select", help="select a batch from a pool", description="Score a pool with the model's NTK "
                        "posterior variance and select a diverse batch; writes the chosen structures with their "
                        "scores in atoms.info (ntkal_index, ntkal_pv, ntkal_score, ntkal_rank).")
@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_score(sub) -> None:
     p = sub.add_parser("score", help="posterior variance of every pool structure, no selection",
                        description="Score every pool structure with the model's NTK posterior variance given the "
                        "training set and write a CSV (index, formula, atoms, PV, PV per row, the structures' "
@@ -157,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_features(sub) -> None:
     p = sub.add_parser("features", help="write feature blocks to a feature store", description="Featurize the "
                        "structures into the feature store OUT (a zarr v3 directory, label 'structures'): chunk by "
                        "chunk, resumable; read it with ntkal.feature_store.FeatureStore(OUT).read('structures') or "
@@ -166,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_on_error(p)
     _add_model_args(p)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="end-to-end demo on a generated Cu/CuAu pool with pretrained CHGNet",
                        description="Generate Cu/CuAu cells by EMT molecular dynamics at several temperatures, "
                        "featurize them with pretrained CHGNet (joint NTK, k force rows), select a batch, "
@@ -178,49 +184,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     _add_on_error(p)
     _add_model_args(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ntkal", description="Force-aware NTK active learning for MLIPs: "
+                                     "pick which structures to label next.")
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
+    for add_arguments, _ in COMMANDS.values():
+        add_arguments(sub)
     return parser
 
 
 def _featurizer(args):
     from .torch import Featurizer, Loss, models
 
-    if args.model.lower() not in models.names():
-        raise InvalidArgumentError(f"--model must be one of {', '.join(models.names())}; got {args.model!r}")
-    sevennet = args.model.lower() == "sevennet" or args.model.lower() in models.SEVENNET_SHIPPED
-    kwargs = {"device": args.device}
-    if args.checkpoint is not None:
-        if args.model not in ("chgnet", "mace") and not sevennet:
-            raise InvalidArgumentError(f"--checkpoint needs --model chgnet, sevennet or mace; got --model {args.model}")
-        kwargs["checkpoint"] = args.checkpoint
-    if args.modal is not None:
-        if not sevennet:
-            raise InvalidArgumentError(f"--modal is for a multi-fidelity SevenNet (7net-mf-0); got --model {args.model}")
-        kwargs["modal"] = args.modal
-    if args.model == "mace":
-        if args.checkpoint is None:
-            raise InvalidArgumentError("--model mace needs --checkpoint FILE (a MACE model file as mace-torch saves it)")
-        kwargs = {"model": args.checkpoint, "device": args.device, "allow_unsafe_load": args.allow_unsafe_load}
-    elif args.allow_unsafe_load:
-        raise InvalidArgumentError("--allow-unsafe-load is only for --model mace")
-    if args.model == "toy":
-        kwargs = {}
-    model = models.load(args.model, **kwargs)
+    model = models.from_options(args.model, where=f"ntkal {args.command}", arg="--model", checkpoint=args.checkpoint,
+                                modal=args.modal, device=args.device, allow_unsafe_load=args.allow_unsafe_load)
     return Featurizer(model, args.kernel, args.dim, sketch=args.sketch, seed=args.seed, force_rows=args.force_rows,
                       force_method=args.force_method,
                       energy_weight=args.energy_weight, force_weight=args.force_weight, params=args.params,
                       loss=None if args.loss is None else Loss(*args.loss), progress=False)
 
 
-def _write_selection(path, pool, result, extra_info=None):
+def _write_selection(path, chosen, result):
+    """The chosen structures (pick order) with their scores in atoms.info."""
     from .structures import write_structures
 
-    chosen = pool.take(result.indices)
     info = [{"ntkal_index": int(i), "ntkal_pv": float(p), "ntkal_score": float(s), "ntkal_rank": r}
             for r, (i, p, s) in enumerate(zip(result.indices, result.pv, result.scores))]
-    if extra_info is not None:
-        for d, i in zip(info, result.indices):
-            d.update(extra_info(int(i)))
     write_structures(path, chosen, info=info)
+
+
+def _sources(args, scratch: str, where: str):
+    """(pool, train) of a command, spooled under ``scratch``: each file is parsed once, by the run's check pass;
+    the command's later reads (its picks, its report) load the parsed structures back."""
+    from .structures import StructureSource
+
+    pool = StructureSource(args.pool, where=where, arg="--pool").spooled(os.path.join(scratch, "pool"))
+    train = None if args.train is None else StructureSource(args.train, where=where, arg="--train").spooled(
+        os.path.join(scratch, "train"))
+    return pool, train
 
 
 def _write_skipped(out, skipped: list) -> None:
@@ -246,25 +249,27 @@ def _sample_for_plot(args, n_pool: int):
 
 
 def cmd_select(args) -> int:
+    import tempfile
+
     from .acquire import acquire
-    from .structures import StructureSource
 
     t0 = time.perf_counter()
     featurizer = _featurizer(args)
     t_model = time.perf_counter() - t0
-    pool = StructureSource(args.pool, where="ntkal select", arg="--pool")
-    train = None if args.train is None else StructureSource(args.train, where="ntkal select", arg="--train")
-    sample = _sample_for_plot(args, len(pool))
-    result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
-                     noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
-                     progress=not args.no_progress, intensive=args.intensive, on_features=sample,
-                     on_error=args.on_error, strata=args.strata, calibrate=args.calibrate, target=args.target,
-                     workers=args.workers, client=_client(args))
-    _write_selection(args.out, pool, result)
+    with tempfile.TemporaryDirectory(prefix="ntkal-select-") as scratch:
+        pool, train = _sources(args, scratch, "ntkal select")
+        sample = _sample_for_plot(args, len(pool))
+        result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, shortlist=args.shortlist,
+                         noise_var=args.noise_var, seed=args.seed, chunk_size=args.chunk_size, cache=args.cache,
+                         progress=not args.no_progress, intensive=args.intensive, on_features=sample,
+                         on_error=args.on_error, strata=args.strata, calibrate=args.calibrate, target=args.target,
+                         workers=args.workers, client=_client(args))
+        chosen = pool.take(result.indices)
+    _write_selection(args.out, chosen, result)
     _write_skipped(args.out, result.skipped)
     print(f"model {featurizer.model.name} loaded in {t_model:.2f}s; kernel {featurizer.kernel}, "
           f"P {featurizer.n_params}, d {featurizer.dim}")
-    print(result.summary(max_items=len(result), structures=pool.take(result.indices)))
+    print(result.summary(max_items=len(result), structures=chosen))
     if sample is not None:
         from .plot import plot_screen
         from .select import distance_vectors
@@ -281,44 +286,26 @@ def cmd_select(args) -> int:
 
 
 def cmd_score(args) -> int:
-    import csv
+    import tempfile
 
-    from .acquire import acquire
-    from .structures import StructureSource, write_structures
+    from .screen import screen
 
     t0 = time.perf_counter()
     featurizer = _featurizer(args)
-    pool = StructureSource(args.pool, where="ntkal score", arg="--pool")
-    train = None if args.train is None else StructureSource(args.train, where="ntkal score", arg="--train")
-    sample = _sample_for_plot(args, len(pool))
-    result = acquire(featurizer, train, pool, 1, strategy="topk", shortlist=1, noise_var=args.noise_var,
-                     seed=args.seed, chunk_size=args.chunk_size, cache=args.cache, progress=not args.no_progress,
-                     on_features=sample, on_error=args.on_error, workers=args.workers, client=_client(args))
-    pv = result.pool_pv
-    left_out = {i: reason for label, i, reason in result.skipped if label == "pool"}
-    rows, keys = [], []
-    for start, chunk in pool.chunks(args.chunk_size):
-        for i, atoms in enumerate(chunk):
-            extra = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool, np.number))}
-            keys += [k for k in extra if k not in keys]
-            n_rows = featurizer.n_rows(atoms)
-            rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
-                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1),
-                         "skipped": left_out.get(start + i, ""), **extra})
-    tmp = f"{args.out}.tmp"
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", "skipped", *keys])
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, args.out)
-    if args.write_info:
-        write_structures(args.write_info, [a for _, c in pool.chunks(args.chunk_size) for a in c],
-                         info=[{"ntkal_pv": r["pv"]} for r in rows])
+    with tempfile.TemporaryDirectory(prefix="ntkal-score-") as scratch:
+        pool, train = _sources(args, scratch, "ntkal score")
+        sample = _sample_for_plot(args, len(pool))
+        found = screen(featurizer, train, pool, shortlist=1, noise_var=args.noise_var, chunk_size=args.chunk_size,
+                       cache=args.cache, progress=not args.no_progress, on_features=sample, on_error=args.on_error,
+                       workers=args.workers, client=_client(args))
+        rows, keys, annotated = _score_rows(args, featurizer, pool, found)
+    _write_scores(args, rows, keys, annotated)
+    pv = found.pool_pv
     order = np.argsort(-np.nan_to_num(pv, nan=-np.inf), kind="stable")
-    if result.skipped:
-        print(f"skipped {len(result.skipped)} structure(s) the model could not take (reason in the CSV's skipped column)")
+    if found.skipped:
+        print(f"skipped {len(found.skipped)} structure(s) the model could not take (reason in the CSV's skipped column)")
     print(f"scored {len(pv)} structures in {time.perf_counter() - t0:.1f}s ({featurizer.model.name}, {featurizer.kernel}, "
-          f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in result.timings.items()))
+          f"d {featurizer.dim}); stages: " + ", ".join(f"{k} {v:.2f}s" for k, v in found.timings.items()))
     print(f"PV: median {np.nanmedian(pv):.4g}, 90th percentile {np.nanpercentile(pv, 90):.4g}, max {np.nanmax(pv):.4g} "
           f"(pool index {int(order[0])}, {rows[int(order[0])]['formula']})")
     if sample is not None:
@@ -329,6 +316,39 @@ def cmd_score(args) -> int:
         print(f"wrote the picture to {args.plot}")
     print(f"wrote {args.out}" + (f" and {args.write_info}" if args.write_info else ""))
     return 0
+
+
+def _score_rows(args, featurizer, pool, found):
+    """One pass over the (spooled) pool: the CSV rows, their extra columns, and the annotated structures."""
+    pv = found.pool_pv
+    left_out = {i: reason for label, i, reason in found.skipped if label == "pool"}
+    rows, keys, annotated = [], [], []
+    for start, chunk in pool.chunks(args.chunk_size):
+        for i, atoms in enumerate(chunk):
+            extra = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool, np.number))}
+            keys += [k for k in extra if k not in keys]
+            n_rows = featurizer.n_rows(atoms)
+            rows.append({"index": start + i, "formula": atoms.get_chemical_formula(), "n_atoms": len(atoms),
+                         "pv": float(pv[start + i]), "pv_per_row": float(pv[start + i]) / max(n_rows, 1),
+                         "skipped": left_out.get(start + i, ""), **extra})
+            if args.write_info:
+                annotated.append(atoms)
+    return rows, keys, annotated
+
+
+def _write_scores(args, rows, keys, annotated) -> None:
+    import csv
+
+    from .structures import write_structures
+
+    tmp = f"{args.out}.tmp"
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["index", "formula", "n_atoms", "pv", "pv_per_row", "skipped", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, args.out)
+    if args.write_info:
+        write_structures(args.write_info, annotated, info=[{"ntkal_pv": r["pv"]} for r in rows])
 
 
 def cmd_features(args) -> int:
@@ -345,7 +365,6 @@ def cmd_features(args) -> int:
 
 def cmd_demo(args) -> int:
     from .acquire import acquire
-    from .structures import StructureSource
 
     times = {}
     t = time.perf_counter()
@@ -359,7 +378,7 @@ def cmd_demo(args) -> int:
     result = acquire(featurizer, train, pool, args.n, strategy=args.strategy, noise_var=args.noise_var,
                      seed=args.seed, chunk_size=args.chunk_size, progress=not args.no_progress, on_error=args.on_error,
                      workers=args.workers)
-    _write_selection(args.out, StructureSource(pool), result)
+    _write_selection(args.out, [pool[int(i)] for i in result.indices], result)
     temps = np.array([a.info["temperature_K"] for a in pool], dtype=float)
     fmax = np.array([a.info["emt_max_force"] for a in pool])
     sel = result.indices
@@ -382,6 +401,95 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _add_md(sub) -> None:
+    p = sub.add_parser("md", help="Langevin MD with the model, monitored: collect uncertain frames, halt",
+                       description="Run Langevin MD with the model as the calculator and measure its uncertainty "
+                       "every --every steps (ntkal.md.Monitor): per-atom readout posterior and structure-level "
+                       "joint-NTK PV, in eV/A when the training structures carry forces (calibrated on the "
+                       "model's residuals), else relative. Frames at or above --collect are appended to --out; "
+                       "one at or above --halt stops the run. Then select a batch from them (-n) or print the "
+                       "ntkal select command that does.")
+    p.add_argument("--train", required=True, help="training structures (extxyz or ASE db; with forces for eV/A) or "
+                   "a feature store directory")
+    p.add_argument("--structure", required=True, help="start structure (the first frame of the file)")
+    p.add_argument("--temperature", default="300", help="T or T_START:T_END in K, a linear ramp (default 300)")
+    p.add_argument("--steps", type=int, required=True, help="MD steps")
+    p.add_argument("--timestep", type=float, default=1.0, help="time step in fs (default 1)")
+    p.add_argument("--friction", type=float, default=0.02, help="Langevin friction in 1/fs (default 0.02)")
+    p.add_argument("--every", type=int, default=20, help="measure every N steps (default 20)")
+    p.add_argument("--collect", type=float, default=None, help="collect frames at or above this uncertainty")
+    p.add_argument("--halt", type=float, default=None, help="stop the run at a frame at or above this uncertainty")
+    p.add_argument("--out", default="flagged.extxyz", help="extxyz file collected frames are appended to "
+                   "(default flagged.extxyz)")
+    p.add_argument("--signal", default=None, help="frame value: atom (most uncertain atom; default when the model "
+                   "has per-atom features) or structure (joint-NTK PV)")
+    p.add_argument("--calibrate", default="auto", choices=CALIBRATE, help="eV/A from the training forces: auto "
+                   "(default, when every training structure has forces), on, off (relative units)")
+    p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
+    p.add_argument("-n", type=int, default=None, help="after the run, select this many collected frames "
+                   "(ntkal select's defaults) and write them to --select-out")
+    p.add_argument("--select-out", default="selected.extxyz", help="with -n: output file (default selected.extxyz)")
+    _add_model_args(p)
+
+
+def cmd_md(args) -> int:
+    import ase.io
+
+    from .md import Monitor, parse_temperature, run_langevin
+    from .torch.calculator import ModelCalculator
+
+    temperature = parse_temperature(args.temperature)
+    if args.collect is None and args.n is not None:
+        fail("ntkal md", "-n selects from the collected frames: give --collect")
+    try:
+        atoms = ase.io.read(args.structure, index=0)
+    except Exception as exc:  # noqa: BLE001 - any reader failure, named
+        fail("ntkal md", f"--structure {args.structure!r} could not be read: {type(exc).__name__}: "
+                         f"{exc}", cause=exc)
+    featurizer = _featurizer(args)
+    monitor = Monitor(featurizer, args.train, every=args.every, collect=args.collect, halt=args.halt,
+                      out=args.out if args.collect is not None else None, calibrate=args.calibrate,
+                      signal=args.signal, noise_var=args.noise_var, progress=not args.no_progress)
+    print(f"{monitor!r}")
+    run = run_langevin(atoms, ModelCalculator(featurizer.base_model), monitor, steps=args.steps,
+                       temperature=temperature, timestep_fs=args.timestep, friction_per_fs=args.friction,
+                       seed=args.seed, progress=not args.no_progress)
+    print(f"ran {run.steps} steps in {run.seconds:.1f}s ({temperature[0]:g} -> {run.final_temperature:.0f} K)")
+    print(monitor.summary())
+    if args.collect is None:
+        return 0
+    total = monitor.out_frames
+    command = (f"ntkal select --model {args.model} --train {args.train} --pool {args.out} -n N "
+               f"--out {args.select_out}")
+    if args.n is None:
+        print(f"next: label a batch of the collected frames: {command}")
+        return 0
+    if total < args.n:
+        print(f"-n {args.n}: only {total} frames in {args.out}; nothing selected (lower --collect or run longer), "
+              f"or later: {command}")
+        return 0
+    from .acquire import acquire
+    from .structures import StructureSource
+
+    pool = StructureSource(args.out, where="ntkal md", arg="--out")
+    train = None if not os.path.isfile(args.train) else StructureSource(args.train, where="ntkal md", arg="--train")
+    result = acquire(featurizer, train, pool, args.n, seed=args.seed, progress=not args.no_progress,
+                     workers=1, noise_var=args.noise_var)
+    _write_selection(args.select_out, pool, result)
+    print(result.summary(max_items=len(result)))
+    print(f"wrote {len(result)} of the {total} collected frames to {args.select_out}")
+    return 0
+
+
+# the commands: name -> (the function adding its arguments, the function running it); one line each
+COMMANDS = {
+    "select": (_add_select, cmd_select),
+    "score": (_add_score, cmd_score),
+    "features": (_add_features, cmd_features),
+    "demo": (_add_demo, cmd_demo),
+    "md": (_add_md, cmd_md),
+}
+
 # every path a command writes, as (attribute, option, kind): checked before the model loads, so a typo in a
 # directory name costs nothing instead of a whole featurization
 OUTPUTS = {
@@ -390,6 +498,7 @@ OUTPUTS = {
               ("cache", "--cache", "directory")),
     "features": (("out", "--out", "directory"),),
     "demo": (("out", "--out", "structures"),),
+    "md": (("out", "--out", "structures"), ("select_out", "--select-out", "structures")),
 }
 
 
@@ -402,19 +511,19 @@ def _check_outputs(args) -> None:
         path = os.path.abspath(value)
         if kind == "directory":
             if os.path.exists(path) and not os.path.isdir(path):
-                raise InvalidArgumentError(f"argument {option}: {value!r} exists and is not a directory")
+                fail(f"argument {option}", f"{value!r} exists and is not a directory")
             parent = path
             while not os.path.exists(parent):  # the store creates missing parents
                 parent = os.path.dirname(parent)
         else:
             if os.path.isdir(path):
-                raise InvalidArgumentError(f"argument {option}: {value!r} is a directory; expected a file name")
+                fail(f"argument {option}", f"{value!r} is a directory; expected a file name")
             parent = os.path.dirname(path)
             if not os.path.isdir(parent):
-                raise InvalidArgumentError(f"argument {option}: the directory {os.path.dirname(value) or '.'!r} of "
+                fail(f"argument {option}", f"the directory {os.path.dirname(value) or '.'!r} of "
                                            f"{value!r} does not exist")
         if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
-            raise InvalidArgumentError(f"argument {option}: cannot write {value!r}: {parent!r} is not a writable "
+            fail(f"argument {option}", f"cannot write {value!r}: {parent!r} is not a writable "
                                        "directory")
         if kind == "structures":
             from .structures import check_structure_output
@@ -429,11 +538,11 @@ def _check_picture(value: str, option: str) -> None:
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise InvalidArgumentError(f"argument {option} needs matplotlib (pip install 'ntkal[plot]')") from None
+        fail(f"argument {option}", "needs matplotlib (pip install 'ntkal[plot]')")
     suffix = os.path.splitext(value)[1].lower().lstrip(".")
     supported = Figure().canvas.get_supported_filetypes()
     if suffix and suffix not in supported:
-        raise InvalidArgumentError(f"argument {option}: matplotlib cannot write .{suffix} pictures; use one of "
+        fail(f"argument {option}", f"matplotlib cannot write .{suffix} pictures; use one of "
                                    f"{', '.join('.' + s for s in sorted(supported))}")
 
 
@@ -447,7 +556,7 @@ def main(argv=None) -> int:
         os.environ["NTKAL_NO_PROGRESS"] = "1"
     try:
         _check_outputs(args)
-        return {"select": cmd_select, "score": cmd_score, "features": cmd_features, "demo": cmd_demo}[args.command](args)
+        return COMMANDS[args.command][1](args)
     except InvalidArgumentError as exc:
         message = str(exc).removeprefix(f"ntkal {args.command}: ")
         print(f"ntkal {args.command}: error: {message}", file=sys.stderr)

@@ -13,9 +13,12 @@ InvalidArgumentError = _core.InvalidArgumentError
 NumericalError = _core.NumericalError
 
 
-def fail(where: str, message: str) -> NoReturn:
-    """Raise ``InvalidArgumentError("{where}: {message}")``."""
-    raise InvalidArgumentError(f"{where}: {message}")
+def fail(where: str, message: str, *, cause: BaseException | None = None, error: type | None = None) -> NoReturn:
+    """Raise ``InvalidArgumentError("{where}: {message}")`` (or ``error``, a subclass), chained to ``cause``.
+
+    The one way the package reports bad input: the message names the function (``where``), the
+    argument, what was expected and what came."""
+    raise (error or InvalidArgumentError)(f"{where}: {message}") from cause
 
 
 __all__ = ["InvalidArgumentError", "NumericalError", "fail"]

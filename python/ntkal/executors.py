@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 import uuid
 
-from .errors import InvalidArgumentError
-from .screen import ChunkContext, ChunkResult, run_chunk
+from .errors import fail
+from .chunk_task import ChunkContext, ChunkResult, run_chunk
 
 __all__ = ["InProcess", "DaskExecutor", "executor_for"]
 
@@ -38,8 +38,8 @@ def _dask(where: str):
     try:
         import distributed
     except ImportError as exc:
-        raise InvalidArgumentError(f"{where}: parallel screening runs on Dask; install it with "
-                                   "pip install 'ntkal[distributed]' (dask[distributed])") from exc
+        fail(where, "parallel screening runs on Dask; install it with "
+                    "pip install 'ntkal[distributed]' (dask[distributed])", cause=exc)
     return distributed
 
 
@@ -124,18 +124,18 @@ def executor_for(client=None, workers: int = 1, *, where: str = "acquire", sched
             try:
                 client = distributed.Client(scheduler, timeout="5s")
             except (OSError, TimeoutError) as exc:
-                raise InvalidArgumentError(f"{where}: scheduler {scheduler!r} cannot be reached: {exc}") from exc
+                fail(where, f"scheduler {scheduler!r} cannot be reached: {exc}", cause=exc)
             return DaskExecutor(client, owns=True)
         if not isinstance(client, distributed.Client):
-            raise InvalidArgumentError(f"{where}: client must be a distributed.Client; got {type(client).__name__}")
+            fail(where, f"client must be a distributed.Client; got {type(client).__name__}")
         if client.status not in ("running", "newly-created"):
-            raise InvalidArgumentError(f"{where}: client is {client.status!r}, not connected to a scheduler")
+            fail(where, f"client is {client.status!r}, not connected to a scheduler")
         return DaskExecutor(client)
     if workers > 1:
         distributed = _dask(where)
         import dask
 
-        # no MALLOC_TRIM_THRESHOLD_ in our workers' environment (see screen._generous_malloc)
+        # no MALLOC_TRIM_THRESHOLD_ in our workers' environment (see chunk_task._generous_malloc)
         with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
             cluster = _local_cluster(distributed, workers)
         return DaskExecutor(distributed.Client(cluster), owns=True)

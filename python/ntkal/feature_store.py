@@ -19,7 +19,7 @@ for the checks).
 Two kinds of reading. The writers (``acquire``, ``compute_features``: :meth:`FeatureStore.load`) hold
 the structures: a chunk that fails any check is moved aside and recomputed, never used. The readers
 (:meth:`~FeatureStore.read`, :meth:`~FeatureStore.iter_blocks`, :meth:`~FeatureStore.take`,
-:meth:`~FeatureStore.to_dask`, ``store_scoring.shortlist_store``) cannot recompute: they read a label
+:meth:`~FeatureStore.to_dask`, :func:`ntkal.screen` of a store) cannot recompute: they read a label
 through its record only, and a gap, a chunk of other structures or a failed check raises
 :class:`FeatureStoreError` naming the label, the structures and the check. Readers never change the
 store (it may be read-only, or being written by another screen). A label written by an ntkal without
@@ -41,7 +41,7 @@ from ._device import to_numpy
 from ._store_chunk import (ChunkDamaged, OtherStructures, add_checksums, checked_chunk, checked_header,
                            crc32c_codecs, json_crc, zarr_module)
 from .blocks import Blocks
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, fail
 
 __all__ = ["FeatureStore", "FeatureStoreError", "chunk_digest", "STORE_FORMAT"]
 
@@ -97,26 +97,24 @@ class FeatureStore:
         root = self.path / "zarr.json"
         if fingerprint is None:
             if not root.is_file():
-                raise InvalidArgumentError(f"{where}: {arg} {str(self.path)!r} is not an ntkal feature store "
-                                           "(no zarr.json)")
+                fail(where, f"{arg} {str(self.path)!r} is not an ntkal feature store "
+                            "(no zarr.json)")
             self.fingerprint = self._attrs()["fingerprint"]
             return
         self.fingerprint = fingerprint
         if root.is_file():
             found = self._attrs().get("fingerprint")
             if found != fingerprint:
-                raise InvalidArgumentError(
-                    f"{where}: {arg} {str(self.path)!r} holds features of another featurizer (fingerprint "
-                    f"{str(found)[:16]}..., this one {fingerprint[:16]}...); use a new directory for these features")
+                fail(where, f"{arg} {str(self.path)!r} holds features of another featurizer (fingerprint "
+                            f"{str(found)[:16]}..., this one {fingerprint[:16]}...); use a new directory for these features")
             if not os.access(self.path, os.W_OK):
-                raise InvalidArgumentError(f"{where}: {arg} {str(self.path)!r} is not writable")
+                fail(where, f"{arg} {str(self.path)!r} is not writable")
             return
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             if any(p.name != ".gitignore" for p in self.path.iterdir()):
-                raise InvalidArgumentError(
-                    f"{where}: {arg} {str(self.path)!r} exists and is not an ntkal feature store (it holds other "
-                    "files and no zarr.json); give a new or empty directory")
+                fail(where, f"{arg} {str(self.path)!r} exists and is not an ntkal feature store (it holds other "
+                            "files and no zarr.json); give a new or empty directory")
             # the root record is written whole under a temporary name, then renamed into place
             meta = {"zarr_format": 3, "node_type": "group",
                     "attributes": {"ntkal_feature_store": STORE_FORMAT, "fingerprint": fingerprint,
@@ -125,17 +123,17 @@ class FeatureStore:
             tmp.write_text(json.dumps(meta, indent=1))
             os.replace(tmp, root)
         except OSError as exc:
-            raise InvalidArgumentError(f"{where}: {arg} {str(self.path)!r} cannot be written: {exc}") from exc
+            fail(where, f"{arg} {str(self.path)!r} cannot be written: {exc}", cause=exc)
 
     def _attrs(self) -> dict:
         try:
             meta = json.loads((self.path / "zarr.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r}: unreadable store root: {exc}") from exc
+            fail(self.where, f"{self.arg} {str(self.path)!r}: unreadable store root: {exc}", cause=exc)
         attrs = meta.get("attributes", {})
         if attrs.get("ntkal_feature_store") != STORE_FORMAT:
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r} is not an ntkal feature store "
-                                       f"(format {attrs.get('ntkal_feature_store')!r}, expected {STORE_FORMAT})")
+            fail(self.where, f"{self.arg} {str(self.path)!r} is not an ntkal feature store "
+                             f"(format {attrs.get('ntkal_feature_store')!r}, expected {STORE_FORMAT})")
         return attrs
 
     @property
@@ -241,8 +239,8 @@ class FeatureStore:
                     self._discard(parent / _chunk_name(a, b))
         except OSError as exc:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r}: cannot write a feature chunk: "
-                                       f"{exc}") from exc
+            fail(self.where, f"{self.arg} {str(self.path)!r}: cannot write a feature chunk: "
+                             f"{exc}", cause=exc)
 
     def _discard(self, path: Path) -> None:
         aside = path.with_name(f".bad-{path.name}-{uuid.uuid4().hex}")
@@ -261,8 +259,8 @@ class FeatureStore:
         n = 0
         for a, b, _ in chunks:
             if a != n or b <= a:
-                raise InvalidArgumentError(f"{self.where}: the chunks of {label!r} must partition its structures "
-                                           f"from 0; got {a}..{b} after {n}")
+                fail(self.where, f"the chunks of {label!r} must partition its structures "
+                                 f"from 0; got {a}..{b} after {n}")
             n = b
         record = {"n_structures": n, "chunks": [list(c) for c in chunks]}
         meta = {"zarr_format": 3, "node_type": "group",
@@ -273,8 +271,8 @@ class FeatureStore:
             os.replace(tmp, self.path / label / "zarr.json")  # whole or not at all; two equal writers agree
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise InvalidArgumentError(f"{self.where}: {self.arg} {str(self.path)!r}: cannot record {label!r}: "
-                                       f"{exc}") from exc
+            fail(self.where, f"{self.arg} {str(self.path)!r}: cannot record {label!r}: "
+                             f"{exc}", cause=exc)
 
     def extent(self, label: str) -> int:
         """Number of structures of ``label``, as recorded when it was complete."""
@@ -287,13 +285,12 @@ class FeatureStore:
         path = self.path / label / "zarr.json"
         if not path.is_file():
             if not (self.path / label).is_dir():
-                raise FeatureStoreError(f"{where}: {self.arg} {str(self.path)!r} holds no {label!r} features "
-                                        f"(labels: {self.labels()})")
-            raise FeatureStoreError(
-                f"{where}: {self.arg} {str(self.path)!r}: {label!r} has no record of its extent ("
-                f"{len(self.chunks(label))} chunks found): the run writing it has not finished, or an ntkal that "
-                "kept no such records wrote it; finish it by running the writer that made this store again "
-                "(compute_features or acquire, with this store and the same structures)")
+                fail(where, f"{self.arg} {str(self.path)!r} holds no {label!r} features "
+                            f"(labels: {self.labels()})", error=FeatureStoreError)
+            fail(where, f"{self.arg} {str(self.path)!r}: {label!r} has no record of its extent ("
+                        f"{len(self.chunks(label))} chunks found): the run writing it has not finished, or an ntkal that "
+                        "kept no such records wrote it; finish it by running the writer that made this store again "
+                        "(compute_features or acquire, with this store and the same structures)", error=FeatureStoreError)
         try:
             attrs = json.loads(path.read_text())["attributes"]
             record = attrs["ntkal_label"]
@@ -301,8 +298,8 @@ class FeatureStore:
                 raise ValueError("crc32 mismatch")
             chunks = [(int(a), int(b), str(d)) for a, b, d in record["chunks"]]
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FeatureStoreError(f"{where}: {self.arg} {str(self.path)!r}: the record of {label!r} "
-                                    f"({label}/zarr.json) fails its check ({exc}); {_REMEDY}") from exc
+            fail(where, f"{self.arg} {str(self.path)!r}: the record of {label!r} "
+                        f"({label}/zarr.json) fails its check ({exc}); {_REMEDY}", cause=exc, error=FeatureStoreError)
         if check_present:
             gaps = [(a, b) for a, b, _ in chunks if not (self.path / label / _chunk_name(a, b) / "zarr.json").is_file()]
             if gaps:
@@ -316,8 +313,8 @@ class FeatureStore:
     def _fail(self, method: str, label: str, ranges: list, problem: str) -> NoReturn:
         ranges = _merged(ranges)
         shown = ", ".join(f"{a}..{b}" for a, b in ranges[:10]) + (", ..." if len(ranges) > 10 else "")
-        raise FeatureStoreError(f"{self._where(method)}: {self.arg} {str(self.path)!r}: {label!r} structures {shown}: "
-                                f"{problem}; {_REMEDY}")
+        fail(self._where(method), f"{self.arg} {str(self.path)!r}: {label!r} structures {shown}: "
+                                  f"{problem}; {_REMEDY}", error=FeatureStoreError)
 
     # ---- reading a whole label ------------------------------------------------------------
     def iter_blocks(self, label: str):
@@ -346,8 +343,8 @@ class FeatureStore:
         chunks = self.recorded_chunks(label, check_present=False, method="take")
         n = chunks[-1][1]
         if indices.size == 0 or indices.min() < 0 or indices.max() >= n:
-            raise InvalidArgumentError(f"{self._where('take')}: indices must be one or more of {label!r}'s "
-                                       f"structures 0..{n - 1}; got {indices.tolist()[:5]}")
+            fail(self._where('take'), f"indices must be one or more of {label!r}'s "
+                                      f"structures 0..{n - 1}; got {indices.tolist()[:5]}")
         starts = np.array([a for a, _, _ in chunks], dtype=np.int64)
         pos = np.searchsorted(starts, indices, side="right") - 1
         parts = {int(p): self.read_chunk(label, *chunks[p], method="take")[0] for p in np.unique(pos)}

@@ -13,17 +13,22 @@ _MATMUL = {"float32": _core.Matmul.Float32, "tf32": _core.Matmul.TF32, "bf16": _
 SKETCH_KINDS = tuple(_SKETCH_KIND)
 PRECISIONS = tuple(_PRECISION)
 DISTANCE_METHODS = tuple(_DISTANCE_METHOD)  # the METHODS that select on distances between structures
-POSTERIOR_METHODS = ("greedy_pv", "topk")  # METHODS that rank by PV (they need a posterior)
-METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")
-STRATEGIES = ("pv_lcmd", "greedy_pv", "variance_reduction", "topk", "random")  # ntkal.acquire
+# METHODS that rank by PV or its reduction (they need a posterior)
+POSTERIOR_METHODS = ("greedy_pv", "topk", "variance_reduction")
+METHODS = (*DISTANCE_METHODS, *POSTERIOR_METHODS, "random")  # ntkal.select
+# ntkal.acquire: a strategy is a PV shortlist (per stratum) and one of the METHODS on it ("random": no shortlist,
+# uniform over the pool); "pv_lcmd", its default, is the historical name of "lcmd" there
+STRATEGY_ALIASES = {"pv_lcmd": "lcmd"}
+STRATEGIES = (*STRATEGY_ALIASES, *METHODS)
 STRATA = ("none", "composition")  # ntkal.acquire: how the batch is split over groups of the pool
-CALIBRATE = ("off", "on", "auto")
+CALIBRATE = ("off", "on", "auto")  # ntkal.acquire: output scale of the posterior from labelled residuals
 LOSS_ENERGY_TERMS = ("per_atom", "total")  # ntkal.torch.Loss: energy residual per atom or total
-LOSS_FORCE_TERMS = ("per_component", "per_structure")  # ntkal.torch.Loss: force residuals summed or per-structure mean  # ntkal.acquire: output scale of the posterior from labelled residuals
+LOSS_FORCE_TERMS = ("per_component", "per_structure")  # ntkal.torch.Loss: force residuals summed or per-structure mean
 ON_ERROR = ("stop", "skip")  # ntkal.acquire: a structure the model cannot take
 KERNELS = ("energy", "force", "joint", "embedding", "last_layer")  # ntkal.torch.Featurizer
 FORCE_METHODS = ("difference", "autograd")  # ntkal.torch.Featurizer: how force rows are computed
 MATMULS = tuple(_MATMUL)  # GEMM arithmetic of GPU scoring
+MD_SIGNALS = ("atom", "structure")  # ntkal.md.Monitor: what a frame's uncertainty (and its thresholds) use
 KERNELS_WITH_ENERGY_ROW = ("energy", "joint", "last_layer")
 KERNELS_WITHOUT_FORCE_ROWS = ("energy", "embedding")
 
@@ -37,6 +42,11 @@ def choice(value, choices: tuple, where: str, name: str) -> str:
     return value
 
 
+def method_of(strategy: str) -> str:
+    """The select() method of an (already checked) acquire strategy."""
+    return STRATEGY_ALIASES.get(strategy, strategy)
+
+
 def code(value: str, choices: tuple):
     """The engine enum value of an already-checked name of ``choices``."""
     return _CODES[choices][value]
@@ -47,5 +57,7 @@ def name(engine_value, choices: tuple) -> str:
     return next(k for k, v in _CODES[choices].items() if v == engine_value)
 
 
-__all__ = ["DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS", "KERNELS_WITH_ENERGY_ROW", "MATMULS",
-           "CALIBRATE", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "METHODS", "ON_ERROR", "STRATA", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATEGIES", "choice", "code", "name"]
+__all__ = ["CALIBRATE", "DISTANCE_METHODS", "FORCE_METHODS", "KERNELS", "KERNELS_WITHOUT_FORCE_ROWS",
+           "KERNELS_WITH_ENERGY_ROW", "LOSS_ENERGY_TERMS", "LOSS_FORCE_TERMS", "MATMULS", "MD_SIGNALS",
+           "METHODS", "ON_ERROR", "POSTERIOR_METHODS", "PRECISIONS", "SKETCH_KINDS", "STRATA", "STRATEGIES",
+           "STRATEGY_ALIASES", "choice", "code", "method_of", "name"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import fail
 
 
 class MapSample:
@@ -45,7 +45,7 @@ def plot_screen(path, pool_pv: np.ndarray, picks: np.ndarray | None, sample: Map
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError as exc:
-        raise InvalidArgumentError("--plot needs matplotlib (pip install 'ntkal[plot]')") from exc
+        fail("--plot", "needs matplotlib (pip install 'ntkal[plot]')", cause=exc)
     train, pool, pool_index = sample.arrays()
     fig, (ax_pv, ax_map) = plt.subplots(1, 2, figsize=(12, 5))
     pv = np.asarray(pool_pv, dtype=np.float64)

@@ -16,11 +16,11 @@ that window, in every summary component, are compared atom by atom.
 """
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from ._validation import as_positive_float
+
 
 __all__ = ["DEFAULT_TOL", "GeometryIndex", "same_geometry"]
 
@@ -112,8 +112,7 @@ class GeometryIndex:
     """
 
     def __init__(self, *, tol: float = DEFAULT_TOL, where: str = "ntkal.same_geometry"):
-        if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol > 0):
-            raise InvalidArgumentError(f"{where}: tol must be a finite number > 0 (Å); got {tol!r}")
+        as_positive_float(tol, where, "tol", "Å")
         self.tol = float(tol)
         self._groups: dict = {}  # (composition, pbc) -> list of geometries, sorted by summary[0] before a lookup
         self._sorted: dict = {}  # (composition, pbc) -> their summaries as rows in that order, dropped by add

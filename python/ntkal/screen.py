@@ -1,312 +1,78 @@
-"""The work of one feature chunk, the same wherever it runs (this process or a Dask worker).
+"""``screen()``: everything a selection needs, up to the per-stratum shortlists.
 
-A chunk task featurizes its structures (or reads them back from the feature store when a
-finished chunk is there), writes the chunk to the store, and returns only small things: the
-partial training Gram, the PV of every structure and the chunk's best candidates per stratum.
-The client merges those: a fixed-order tree sum of the Grams and a merge of the shortlists
-(ties: lower index), so the result does not depend on how many workers ran or in which order
-their chunks finished.
+Check every structure, featurize the training set and build the posterior (optionally calibrated on
+labelled residuals), featurize and score the pool, and keep the best candidates per stratum with their
+feature rows (:mod:`ntkal.screening` runs these phases). The input is a featurizer with structures, or a
+feature store that holds the pool already (:mod:`ntkal.store_screen`). :func:`ntkal.acquire` is a screen,
+quotas per stratum and one :func:`ntkal.select` per stratum; ``ntkal score`` is a screen.
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+import os
 
-import numpy as np
+from .feature_store import FeatureStore
+from .screen_result import Screen
+from .screening import ScreenOptions, Screening
+from .store_screen import screen_store
 
-from ._device import to_numpy
-from .blocks import Blocks
-from .errors import InvalidArgumentError
-
-__all__ = ["ChunkTask", "ChunkContext", "ChunkResult", "run_chunk", "pack", "unpack", "TreeSum", "merge_top",
-           "featurize_chunk"]
+__all__ = ["Screen", "screen"]
 
 
-def pack(atoms) -> tuple:
-    """A structure as plain arrays (what a featurizer reads): travels to workers without ASE objects."""
-    return (np.asarray(atoms.numbers, dtype=np.int64), np.asarray(atoms.get_positions(), dtype=np.float64),
-            np.asarray(atoms.cell, dtype=np.float64), np.asarray(atoms.pbc, dtype=bool), dict(atoms.info))
+def _is_store(value) -> bool:
+    return isinstance(value, FeatureStore) or (isinstance(value, (str, os.PathLike))
+                                               and os.path.isfile(os.path.join(value, "zarr.json")))
 
 
-def unpack(packed):
-    from ase import Atoms
+def screen(featurizer_or_store, train, pool, *, shortlist: int = 100, noise_var: float = 1e-3, chunk_size: int = 64,
+           cache=None, progress: bool = True, intensive: bool = False, scale: bool = False, precision: str = "float32",
+           strata: str = "composition", calibrate: str = "off", target=None, target_gram: bool = False,
+           score_pool: bool = True, client=None, workers: int = 1, on_features=None,
+           on_error: str = "stop") -> Screen:
+    """Score a pool against a training set: PV of every structure and the best candidates per stratum.
 
-    numbers, positions, cell, pbc, info = packed
-    atoms = Atoms(numbers=numbers, positions=positions, cell=cell, pbc=pbc)
-    atoms.info.update(info)
-    return atoms
+    Parameters
+    ----------
+    featurizer_or_store : callable, or FeatureStore / path of one
+        ``featurizer(list of ase.Atoms) -> ntkal.Blocks`` (e.g. :class:`ntkal.torch.Featurizer`, or
+        :class:`ntkal.features.Precomputed` for features computed before); ``fingerprint()`` keys the feature
+        store, ``check(atoms)`` and ``predict_forces(atoms)`` are used when present. Or a feature store that
+        holds the pool's features already: ``pool`` and ``train`` then name stored labels.
+    train : list of ase.Atoms, path, or None
+        Labelled structures (extxyz / ASE db path or list); None or empty: the prior. With a store: None,
+        a stored label, training features (Blocks) or a :class:`Posterior` conditioned already.
+    pool : list of ase.Atoms or path (a stored label with a store)
+        Candidate structures, streamed in chunks of ``chunk_size``.
+    shortlist : int
+        Best candidates kept per stratum, ``k >= 1`` (at most the pool size).
+    noise_var, intensive, scale, precision
+        Passed to :class:`ntkal.Posterior` / :meth:`ntkal.Posterior.variance`.
+    chunk_size, cache, progress, client, workers, on_features, on_error
+        As in :func:`ntkal.acquire`.
+    strata : {"composition", "none"}
+        Shortlists per element set, or one for the whole pool.
+    calibrate : {"off", "on", "auto"}
+        Scale PV per composition stratum by the model's residuals on the labelled training forces
+        (see :func:`ntkal.acquire`).
+    target : list of ase.Atoms or path, optional
+        Structures whose Gram to accumulate (``Screen.target_gram``, variance reduction).
+    target_gram : bool
+        Accumulate the Gram of ``target`` (default: of the pool) into ``Screen.target_gram``.
+    score_pool : bool
+        False: check everything and build the posterior, but leave the pool unfeaturized.
 
-
-@dataclass
-class ChunkTask:
-    """One chunk of one label: what a worker needs besides the featurizer and the context."""
-
-    label: str
-    start: int
-    structures: list  # packed structures (see pack)
-    digest: str
-    keys: list  # stratum of each structure
-    left_out: dict = field(default_factory=dict)  # local index -> reason (found by the check pass)
-    exclude: list = field(default_factory=list)  # local indices that are no candidates (already in train)
-    count: int | None = None  # structures in the chunk when ``structures`` is empty (a stored chunk, read back)
-
-    @property
-    def stop(self) -> int:
-        return self.start + (len(self.structures) if self.count is None else self.count)
-
-
-@dataclass
-class ChunkContext:
-    """What every chunk task of one phase shares (sent to each worker once)."""
-
-    store_path: str
-    fingerprint: str
-    on_error: str = "stop"
-    gram: bool = False  # return the chunk's partial Gram
-    forces: bool = False  # return the featurizer's predicted forces (calibration residuals)
-    posterior: object = None  # score with it
-    intensive: bool = False
-    top: int = 0  # best candidates per stratum to return
-    scales: dict | None = None  # calibration: score = scale[key] * PV
-    stratify: bool = True  # top per key; False: one group "*" (the keys then only pick the scales)
-    one_thread: bool = False  # a worker process: 1 torch / engine thread
-
-
-@dataclass
-class ChunkResult:
-    label: str
-    start: int
-    stop: int
-    sizes: np.ndarray
-    skipped: dict  # global index -> reason
-    cached: bool
-    seconds: float  # the whole task
-    gram: np.ndarray | None = None
-    score_seconds: float = 0.0  # PV and the chunk's best candidates
-    pv: np.ndarray | None = None
-    top: dict | None = None  # key -> (global indices, scores), best first
-    forces: list | None = None
+    Returns
+    -------
+    Screen
+    """
+    if _is_store(featurizer_or_store):
+        return screen_store(featurizer_or_store, train, pool, k=shortlist, noise_var=noise_var, progress=progress,
+                            intensive=intensive, scale=scale, precision=precision, workers=workers, client=client)
+    opts = ScreenOptions.checked("screen", k=shortlist, noise_var=noise_var, chunk_size=chunk_size, cache=cache,
+                                 progress=progress, intensive=intensive, scale=scale, precision=precision,
+                                 strata=strata, calibrate=calibrate, target_gram=target_gram or target is not None,
+                                 score_pool=score_pool, on_error=on_error, workers=workers, client=client,
+                                 on_features=on_features)
+    with Screening(featurizer_or_store, train, pool, opts, target=target, where="screen") as run:
+        return run.screen()
 
 
-def featurize_chunk(featurizer, structures, first: int, label: str, left_out: dict, on_error: str,
-                    where: str = "acquire") -> tuple[Blocks, dict]:
-    """``featurizer(structures)`` with failures named by index; ``on_error="skip"`` leaves a failing
-    structure out (empty block) and reports it. Returns (blocks, {local index: reason})."""
-    skipped = dict(left_out)
-    todo = [i for i in range(len(structures)) if i not in skipped]
-    parts = {}
-    try:
-        if len(todo) == len(structures):
-            blocks = featurizer(structures)
-            _check_blocks(blocks, len(structures))
-            return blocks, skipped
-        if todo:
-            done = featurizer([structures[i] for i in todo])
-            _check_blocks(done, len(todo))
-            parts = {i: done[k] for k, i in enumerate(todo)}
-    except InvalidArgumentError as exc:
-        if "featurizer must return" in str(exc):
-            raise
-        parts = _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc)
-    except Exception as exc:  # noqa: BLE001 - name the structure that failed
-        parts = _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc)
-    return _with_empty_blocks(parts, len(structures), getattr(featurizer, "dim", None)), skipped
-
-
-def _check_blocks(blocks, n):
-    if not isinstance(blocks, Blocks) or len(blocks) != n:
-        raise InvalidArgumentError(
-            f"acquire: featurizer must return ntkal.Blocks with one block per structure; got "
-            f"{type(blocks).__name__} of length {len(blocks) if hasattr(blocks, '__len__') else '?'}")
-
-
-def _one_by_one(featurizer, structures, todo, first, label, skipped, on_error, where, exc):
-    parts = {}
-    for i in todo:  # only after a failure: featurize one by one to find the structure(s)
-        try:
-            parts[i] = featurizer([structures[i]])[0]
-        except Exception as one:  # noqa: BLE001
-            if on_error == "skip":
-                skipped[i] = f"{type(one).__name__}: {one}"
-                continue
-            raise InvalidArgumentError(
-                f"{where}: {label}[{first + i}] ({structures[i].get_chemical_formula()}) could not be "
-                f"featurized: {type(one).__name__}: {one}; finished chunks are kept in the feature store") from one
-    if on_error == "stop" and len(parts) == len(todo):  # every one alone worked: the batch failed
-        raise InvalidArgumentError(f"{where}: {label}[{first}...{first + len(structures) - 1}] could not be "
-                                   f"featurized together: {type(exc).__name__}: {exc}") from exc
-    return parts
-
-
-def _with_empty_blocks(parts: dict, n: int, dim) -> Blocks:
-    """Blocks for n structures: parts[i] rows for those featurized, no rows for the ones left out."""
-    sizes = np.array([parts[i].shape[0] if i in parts else 0 for i in range(n)], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-    if parts:
-        rows = [to_numpy(parts[i]).astype(np.float32, copy=False) for i in range(n) if i in parts]
-        return Blocks(np.concatenate(rows), offsets)
-    if dim is None:
-        raise InvalidArgumentError("acquire: every structure of a chunk was left out before the feature width was "
-                                   "known (embedding kernel); nothing to score")
-    return Blocks(np.zeros((0, int(dim)), np.float32), offsets)
-
-
-_STORES: dict = {}
-_ONE_THREAD = False
-
-
-def _store(path: str, fingerprint: str, writable: bool = True):
-    from .feature_store import FeatureStore
-
-    key = (path, fingerprint, writable)
-    if key not in _STORES:
-        if writable:
-            _STORES[key] = FeatureStore(path, fingerprint, where="acquire", arg="cache")
-        else:  # only read: the store may be read-only
-            store = FeatureStore(path)
-            if store.fingerprint != fingerprint:
-                raise InvalidArgumentError(f"FeatureStore: path {path!r} now holds features of another featurizer "
-                                           f"(fingerprint {store.fingerprint[:16]}..., expected {fingerprint[:16]}...)")
-            _STORES[key] = store
-    return _STORES[key]
-
-
-def _one_thread() -> None:
-    """Worker processes run 1 torch and 1 engine thread each (rows are many small reverse passes)."""
-    global _ONE_THREAD
-    if _ONE_THREAD:
-        return
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
-    from .info import set_num_threads
-
-    set_num_threads(1)
-    _generous_malloc()
-    _ONE_THREAD = True
-
-
-def _generous_malloc() -> None:
-    """Undo Dask's MALLOC_TRIM_THRESHOLD_=65536 for this worker process.
-
-    Dask's nanny starts workers with that setting (it keeps worker memory low for data frames); for
-    autograd, whose every step frees and re-allocates tensors of hundreds of kB, it returns the memory
-    to the kernel each time: measured, a 1-worker screen took 75 % longer than the same work in-process.
-    glibc's default thresholds are restored by setting them explicitly (to what its dynamic rule reaches
-    for large tensors); any other libc is left alone."""
-    import ctypes
-    import ctypes.util
-    import os
-
-    if os.environ.get("MALLOC_TRIM_THRESHOLD_") is None:
-        return
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        libc.mallopt(m_mmap_threshold, 32 * 1024 * 1024)
-        libc.mallopt(m_trim_threshold, 64 * 1024 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
-def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
-    """Featurize (or read back) one chunk, store it, and return what the client merges."""
-    t0 = time.perf_counter()
-    if ctx.one_thread:
-        _one_thread()
-    if task.structures:  # a damaged chunk is moved aside and recomputed from the structures
-        store = _store(ctx.store_path, ctx.fingerprint)
-        found = store.load_chunk(task.label, task.start, task.stop, task.digest)
-    else:  # a stored chunk read back, nothing to recompute it from: a gap or failed check raises
-        store = _store(ctx.store_path, ctx.fingerprint, writable=False)
-        found = store.read_chunk(task.label, task.start, task.stop, task.digest)
-    cached = found is not None
-    structures = None
-    if cached:
-        blocks, attrs = found
-        skipped_local = {int(i): r for i, r in attrs.get("skipped", [])}
-    else:
-        structures = [unpack(p) for p in task.structures]
-        blocks, skipped_local = featurize_chunk(featurizer, structures, task.start, task.label,
-                                                {int(k): v for k, v in task.left_out.items()}, ctx.on_error)
-        store.save(task.label, task.start, task.stop, task.digest, blocks,
-                   skipped=sorted(skipped_local.items()))
-    host = blocks.to_host() if hasattr(blocks, "to_host") else blocks
-    out = ChunkResult(task.label, task.start, task.stop, np.asarray(host.sizes), {task.start + i: r for i, r in
-                      skipped_local.items()}, cached, 0.0)
-    if ctx.gram:
-        from .posterior import training_gram
-
-        out.gram = training_gram(host.rows) if host.n_rows else np.zeros((host.dim, host.dim))
-    if ctx.forces:
-        structures = structures or [unpack(p) for p in task.structures]
-        out.forces = [None if out.sizes[i] == 0 else featurizer.predict_forces(a) for i, a in enumerate(structures)]
-    if ctx.posterior is not None:
-        t_score = time.perf_counter()
-        pv = np.asarray(to_numpy(ctx.posterior.variance(blocks, intensive=ctx.intensive)), dtype=np.float64)
-        pv[out.sizes == 0] = np.nan
-        out.pv = pv
-        if ctx.top:
-            score = pv.copy()
-            if ctx.scales is not None:
-                score *= np.array([ctx.scales.get(k, ctx.scales.get("*", 1.0)) for k in task.keys])
-            score[np.asarray(task.exclude, dtype=np.int64)] = np.nan
-            out.top = {}
-            groups = task.keys if ctx.stratify else ["*"] * len(task.keys)
-            for key in sorted(set(groups)):
-                members = np.array([i for i, k in enumerate(groups) if k == key and np.isfinite(score[i])],
-                                   dtype=np.int64)
-                if members.size:
-                    out.top[key] = best_first(task.start + members, score[members], ctx.top)
-        out.score_seconds = time.perf_counter() - t_score
-    out.seconds = time.perf_counter() - t0
-    return out
-
-
-def best_first(indices, scores, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best (highest score; ties: lower index), best first."""
-    indices, scores = np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float64)
-    order = np.lexsort((indices, -scores))[:k]
-    return indices[order], scores[order]
-
-
-def merge_top(merged: dict, part: dict | None, k: int) -> None:
-    """Merge one chunk's best candidates per stratum into ``merged`` (kept to k per stratum)."""
-    for key, (idx, sc) in (part or {}).items():
-        if key in merged:
-            idx, sc = np.concatenate([merged[key][0], idx]), np.concatenate([merged[key][1], sc])
-        merged[key] = best_first(idx, sc, k)
-
-
-class TreeSum:
-    """Sum of d x d partial Grams in a fixed binary tree over chunk order, whatever order they arrive
-    in: chunk i's Gram is held until all earlier ones are in, then merged like a binary counter
-    (equal-size partial sums pair up). The same tree on one process or many: the same bits."""
-
-    def __init__(self):
-        self.waiting: dict = {}
-        self.next = 0
-        self.stack: list = []  # (count, partial sum), counts decreasing powers of two
-
-    def add(self, position: int, gram: np.ndarray) -> None:
-        self.waiting[position] = gram
-        while self.next in self.waiting:
-            item, count = self.waiting.pop(self.next), 1
-            while self.stack and self.stack[-1][0] == count:
-                prev_count, prev = self.stack.pop()
-                item, count = prev + item, prev_count + count
-            self.stack.append((count, item))
-            self.next += 1
-
-    def total(self) -> np.ndarray | None:
-        if self.waiting:
-            raise RuntimeError(f"TreeSum: chunks {sorted(self.waiting)[:5]} arrived without chunk {self.next}")
-        if not self.stack:
-            return None
-        total = self.stack[-1][1]
-        for _, partial in reversed(self.stack[:-1]):
-            total = partial + total
-        return total

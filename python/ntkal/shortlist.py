@@ -1,4 +1,4 @@
-"""Streaming top-k of posterior variance over a pool too large to hold at once."""
+"""Streaming top-k of posterior variance over a pool too large to hold at once (the ranking: :mod:`ntkal.topk`)."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +10,7 @@ from .blocks import Blocks
 from .errors import fail
 from .options import MATMULS, choice
 from .posterior import Posterior
+from .topk import top_k
 
 
 def _is_array_like(x) -> bool:
@@ -95,10 +96,9 @@ def shortlist(rows, offsets, posterior: Posterior, k: int, *, intensive: bool = 
                 fail(where, f"pv_out has {pv_out.shape[0]} entries; the pool has more structures")
             pv_out[base:base + b.n_blocks] = to_numpy(pv)
         idx = backend.arange(base, base + b.n_blocks, b)
-        if kept_pv is not None:  # kept entries first: on equal PV they have the lower indices
+        if kept_pv is not None:  # kept entries first: the entries stay in index order (ties: lower index)
             pv, idx = backend.concatenate([kept_pv, pv]), backend.concatenate([kept_idx, idx])
-        positions, kept_pv = backend.top_k(pv, min(k, int(pv.shape[0])))
-        kept_idx = backend.take(idx, positions)
+        positions, kept_idx, kept_pv = top_k(idx, pv, k, backend=backend)
         if return_rows:
             here = Blocks._trusted(backend.array(b), b.offsets_host)
             candidates = here if kept_rows is None else Blocks.concatenate([kept_rows, here])

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import InvalidArgumentError
+from .errors import fail
 
 __all__ = ["composition_key", "quotas"]
 
 
 def composition_key(atoms) -> str:
-    """The structure's element set, e.g. ``"Au-Cu"`` (symbols sorted): its composition stratum."""
+    """The structure's element set, e.g. ``"Au-Cu"`` (symbols sorted): its composition stratum. ``atoms`` is an
+    ase.Atoms or its atomic numbers."""
     from ase.data import chemical_symbols
 
-    return "-".join(sorted({chemical_symbols[int(z)] for z in np.unique(atoms.numbers)}))
+    numbers = atoms.numbers if hasattr(atoms, "numbers") else np.asarray(atoms)
+    return "-".join(sorted({chemical_symbols[int(z)] for z in np.unique(numbers)}))
 
 
 def quotas(counts: dict, n: int, *, weights: dict | None = None) -> dict:
@@ -37,10 +39,10 @@ def quotas(counts: dict, n: int, *, weights: dict | None = None) -> dict:
     keys = sorted(counts)
     size = np.array([int(counts[k]) for k in keys], dtype=np.int64)
     if n > size.sum():
-        raise InvalidArgumentError(f"quotas: n={n} is larger than the {int(size.sum())} candidates")
+        fail("quotas", f"n={n} is larger than the {int(size.sum())} candidates")
     w = size.astype(np.float64) if weights is None else np.array([float(weights.get(k, 0.0)) for k in keys])
     if np.any(~np.isfinite(w)) or np.any(w < 0):
-        raise InvalidArgumentError("quotas: weights must be finite and >= 0")
+        fail("quotas", "weights must be finite and >= 0")
     w = np.where(size > 0, w, 0.0)
     if w.sum() <= 0:
         w = size.astype(np.float64)

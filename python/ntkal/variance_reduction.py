@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backends
 from .blocks import Blocks
-from .errors import InvalidArgumentError
+from .errors import fail
 
 __all__ = ["variance_reduction_greedy"]
 
@@ -51,14 +51,14 @@ def variance_reduction_greedy(candidates: Blocks, n: int, posterior, target_gram
     """
     where = "variance_reduction_greedy"
     if not isinstance(candidates, Blocks):
-        raise InvalidArgumentError(f"{where}: candidates must be ntkal.Blocks; got {type(candidates).__name__}")
+        fail(where, f"candidates must be ntkal.Blocks; got {type(candidates).__name__}")
     candidates = candidates.to_host()
     if not (1 <= int(n) <= len(candidates)):
-        raise InvalidArgumentError(f"{where}: n must be in [1, {len(candidates)}]; got {n}")
+        fail(where, f"n must be in [1, {len(candidates)}]; got {n}")
     M = np.asarray(target_gram, dtype=np.float64)
     if M.shape != (posterior.dim, posterior.dim) or not np.all(np.isfinite(M)):
-        raise InvalidArgumentError(f"{where}: target_gram must be a finite ({posterior.dim}, {posterior.dim}) array; "
-                                   f"got shape {M.shape}")
+        fail(where, f"target_gram must be a finite ({posterior.dim}, {posterior.dim}) array; "
+                    f"got shape {M.shape}")
     # the feature scale c stays the training set's while picks are added (as in greedy PV): work with
     # scaled rows sqrt(c) phi in an unscaled float64 posterior
     from .posterior import Posterior
@@ -77,7 +77,7 @@ def variance_reduction_greedy(candidates: Blocks, n: int, posterior, target_gram
         # the engine's fixed-order kernels, not NumPy's BLAS/LAPACK: the same bits on every machine
         s = backends.cpu.variance_reduction_scores(post._p, b, M, active)
         if not np.isfinite(s).any():
-            raise InvalidArgumentError(f"{where}: fewer than n={n} candidates with feature rows")
+            fail(where, f"fewer than n={n} candidates with feature rows")
         best = int(np.argmax(s))  # first maximum: ties go to the lower position
         picks.append(best)
         gains.append(float(s[best]))

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from ..errors import fail
 
 
 def molecule_box(atoms, cutoff: float) -> np.ndarray:
@@ -32,13 +32,13 @@ def periodic_cell(atoms, cutoff: float, where: str) -> np.ndarray:
     pos = atoms.get_positions()
     for axis in np.flatnonzero(pbc):
         if np.linalg.norm(cell[axis]) < 1e-9:
-            raise InvalidArgumentError(f"{where}: atoms.pbc marks cell vector {axis} periodic, but it is zero")
+            fail(where, f"atoms.pbc marks cell vector {axis} periodic, but it is zero")
     for axis in np.flatnonzero(~pbc):
         others = [cell[a] for a in range(3) if a != axis]
         normal = np.cross(others[0], others[1])
         if np.linalg.norm(normal) < 1e-9:
-            raise InvalidArgumentError(f"{where}: the periodic cell vectors of a partly periodic structure must not be "
-                                       f"parallel; got {cell.tolist()}")
+            fail(where, f"the periodic cell vectors of a partly periodic structure must not be "
+                        f"parallel; got {cell.tolist()}")
         normal /= np.linalg.norm(normal)
         heights = pos @ normal
         extent = float(np.ptp(heights)) if len(atoms) > 1 else 0.0
@@ -51,5 +51,5 @@ def periodic_cell(atoms, cutoff: float, where: str) -> np.ndarray:
                           f"model's cutoff {cutoff:.2f} A: atoms see their periodic images across it (give the slab more "
                           f"vacuum, e.g. ase.build.fcc111(..., vacuum={cutoff:.0f}))", stacklevel=3)
     if abs(np.linalg.det(cell)) < 1e-9:
-        raise InvalidArgumentError(f"{where}: the cell has zero volume; got {cell.tolist()}")
+        fail(where, f"the cell has zero volume; got {cell.tolist()}")
     return cell

@@ -9,11 +9,12 @@ import os
 import numpy as np
 import torch
 
+from .._validation import as_int, as_positive_float
 from ..blocks import Blocks
 from ..options import FORCE_METHODS, KERNELS, KERNELS_WITH_ENERGY_ROW, KERNELS_WITHOUT_FORCE_ROWS, SKETCH_KINDS, choice
 from ..progress import bar as progress_bar
 from ..sketch import Sketch
-from ..errors import InvalidArgumentError
+from ..errors import fail
 from .batch_rows import BatchedRows, grouped
 from .functional import FunctionalModel
 from .graph_feed import GraphFeed
@@ -74,9 +75,9 @@ class Featurizer:
         ``force_weight``. None: unit weights.
     batch_budget : int or None
         Rows of the model's batched graph (atoms + edges + angles ...; :class:`BatchedEnergy.size`) per pass
-        for models that evaluate many structures at once (the model adapters). Activation memory grows
-        with it (CHGNet: about 4 kB per row, so the CPU default 32,000 is ~130 MB; bench/RESULTS.md §2).
-        None: 32,000 on a CPU, 1,000,000 on a GPU.
+        for models that evaluate many structures at once (the model adapters). Working memory grows with it:
+        CHGNet's joint features peaked about 1 GB above the starting level at the CPU default, about 30 kB
+        per row (bench/RESULTS.md §2). None: 32,000 on a CPU, 500,000 on a GPU.
     batch_size : int or None
         Most structures per pass (also bounds the (B, P) gradient buffers: 2 B P numbers). None: 32 on a
         CPU, 512 on a GPU.
@@ -103,37 +104,20 @@ class Featurizer:
                  graph_workers: int | None = None):
         where = "Featurizer"
         if not isinstance(model, FunctionalModel):
-            raise InvalidArgumentError(f"{where}: model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
+            fail(where, f"model must be an ntkal.torch.FunctionalModel; got {type(model).__name__}")
         choice(kernel, KERNELS, where, "kernel")
         choice(sketch, SKETCH_KINDS, where, "sketch")
         for name, value, low in (("dim", dim, 1), ("chunk_size", chunk_size, 1), ("row_batch", row_batch, 1),
                                  ("nnz", nnz, 1), ("seed", seed, 0)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-                raise InvalidArgumentError(f"{where}: {name} must be an integer >= {low}; got {value!r}")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, (int, np.integer)) or threads < 1):
-            raise InvalidArgumentError(f"{where}: threads must be None or an integer >= 1; got {threads!r}")
+            as_int(value, where, name, low=low)
+        for name, value, low in (("threads", threads, 1), ("batch_budget", batch_budget, 1),
+                                 ("batch_size", batch_size, 1), ("graph_workers", graph_workers, 0)):
+            as_int(value, where, name, low=low, optional=True)
         force_rows, force_method, difference_step = _force_settings(kernel, force_rows, force_method, difference_step,
                                                                     model.dtype, where)
-        for name, value, low in (("batch_budget", batch_budget, 1), ("batch_size", batch_size, 1),
-                                 ("graph_workers", graph_workers, 0)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low):
-                raise InvalidArgumentError(f"{where}: {name} must be None or an integer >= {low}; got {value!r}")
-        for name, value in (("energy_weight", energy_weight), ("force_weight", force_weight)):
-            if not (isinstance(value, (int, float, np.floating)) and np.isfinite(value) and value > 0):
-                raise InvalidArgumentError(f"{where}: {name} must be a finite number > 0; got {value!r}")
-        if loss is not None and not isinstance(loss, Loss):
-            raise InvalidArgumentError(f"{where}: loss must be an ntkal.torch.Loss or None; got {type(loss).__name__}")
-        if loss is not None and kernel == "embedding":
-            raise InvalidArgumentError(f"{where}: loss makes no sense with kernel='embedding' (no Jacobian rows)")
-        if kernel == "embedding" and params not in (None, "all"):
-            raise InvalidArgumentError(f"{where}: params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
-        if kernel == "last_layer":
-            if params not in (None, "readout"):
-                raise InvalidArgumentError(f"{where}: kernel='last_layer' fixes params='readout'; got params={params!r}")
-            params = "readout"
-        if kernel == "embedding" and model.embedding_fn is None:
-            raise InvalidArgumentError(f"{where}: kernel='embedding' needs a model with embedding_fn; {model.name!r} has none")
-
+        energy_weight = as_positive_float(energy_weight, where, "energy_weight")
+        force_weight = as_positive_float(force_weight, where, "force_weight")
+        params = _params(kernel, params, loss, model, where)
         self.base_model = model
         self.model = model.select("all" if params is None else params)
         self.kernel = kernel
@@ -186,7 +170,7 @@ class Featurizer:
         """Feature width: ``dim``, or the model's embedding width for the embedding kernel."""
         if self.kernel == "embedding":
             if self.model.embedding_dim is None:
-                raise InvalidArgumentError("Featurizer.dim: the embedding width is unknown until a structure is featurized")
+                fail("Featurizer.dim", "the embedding width is unknown until a structure is featurized")
             return int(self.model.embedding_dim)
         return self._dim
 
@@ -289,28 +273,27 @@ class Featurizer:
         """
         self._check(atoms, "Featurizer.features")
         with self._threads():
-            if self.kernel == "embedding":
-                return self._embedding_row(atoms).astype(np.float32)
-            if self._batched() is not None:
-                return self._batched_features([atoms], self._batched().graphs([atoms]))[0]
-            return self._loss_weighted(self._features(atoms), len(atoms))
+            return self._unchecked_features(atoms)
+
+    def _unchecked_features(self, atoms):
+        if self.kernel == "embedding":
+            return self._embedding_row(atoms).astype(np.float32)
+        if self._batched() is not None:
+            return self._batched_features([atoms], self._batched().graphs([atoms]))[0]
+        return self._loss_weighted(self._features(atoms), len(atoms))
 
     def _loss_weighted(self, rows, n_atoms: int):
         """Rows times the loss's per-structure weights (the projection is linear: weighting after it is exact)."""
         if self.loss is None:
             return rows
-        energy, force = self.loss.row_weights(n_atoms)
-        first = 0
-        if self.rowspec.energy:
-            rows[:1] *= energy
-            first = 1
-        if self.rowspec.force is not None:
-            rows[first:] *= force
-        return rows
+        return self.loss.weight_rows(rows, n_atoms, energy_row=self.rowspec.energy,
+                                     force_rows=self.rowspec.force is not None)
 
-    def predict_forces(self, atoms) -> np.ndarray:
-        """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration."""
-        self._check(atoms, "Featurizer.predict_forces")
+    def predict_forces(self, atoms, *, checked: bool = False) -> np.ndarray:
+        """The model's forces on ``atoms``, shape (N, 3), float64 (eV/A): residuals for calibration.
+        ``checked``: the caller has run :meth:`check` on it already."""
+        if not checked:
+            self._check(atoms, "Featurizer.predict_forces")
         with self._threads():
             pos = self.base_model.positions(atoms, requires_grad=True)
             energy = self.base_model.energy(atoms, positions=pos)
@@ -370,7 +353,7 @@ class Featurizer:
 
     def _batch_limits(self) -> tuple[int, int]:
         gpu = self.model.device.type != "cpu"
-        budget = self.batch_budget or (1_000_000 if gpu else 32_000)
+        budget = self.batch_budget or (500_000 if gpu else 32_000)
         return budget, self.batch_size or (512 if gpu else 32)
 
     def _embedding_row(self, atoms) -> np.ndarray:
@@ -381,7 +364,7 @@ class Featurizer:
         return row
 
     # ---- many structures --------------------------------------------------------------
-    def __call__(self, structures, *, progress: bool | None = None, desc: str = "features"):
+    def __call__(self, structures, *, progress: bool | None = None, desc: str = "features", checked: bool = False):
         """Feature blocks of a list of structures.
 
         Parameters
@@ -389,6 +372,9 @@ class Featurizer:
         structures : sequence of ase.Atoms
         progress : bool, optional
             tqdm bar on stderr (default: the featurizer's ``progress``).
+        checked : bool
+            The caller has run :meth:`check` on every structure already (a screen's check pass): not again
+            (for CHGNet a check builds a neighbour list).
 
         Returns
         -------
@@ -397,17 +383,19 @@ class Featurizer:
         """
         structures = list(structures)
         if not structures:
-            raise InvalidArgumentError("Featurizer: structures must hold at least one ase.Atoms; got an empty list")
-        for i, atoms in enumerate(structures):
-            self._check(atoms, "Featurizer", f"structures[{i}]")
+            fail("Featurizer", "structures must hold at least one ase.Atoms; got an empty list")
+        if not checked:
+            for i, atoms in enumerate(structures):
+                self._check(atoms, "Featurizer", f"structures[{i}]")
         show = self.progress if progress is None else progress
         bar = progress_bar(len(structures), show, desc)
         blocks = []
         source = self._batched() if self.kernel != "embedding" else None
         if source is None:
-            for atoms in structures:
-                blocks.append(self.features(atoms))
-                bar.update(1)
+            with self._threads():
+                for atoms in structures:
+                    blocks.append(self._unchecked_features(atoms))
+                    bar.update(1)
         else:
             with self._threads():
                 for group, graphs in grouped(self._graph_feed().graphs(structures), self.model.batched.size,
@@ -418,23 +406,40 @@ class Featurizer:
         return Blocks.from_list(blocks)
 
 
+def _params(kernel: str, params, loss, model, where: str):
+    """The differentiated parameters a kernel takes (``last_layer``: the readout), after checking the kernel,
+    parameters and loss go together."""
+    if loss is not None and not isinstance(loss, Loss):
+        fail(where, f"loss must be an ntkal.torch.Loss or None; got {type(loss).__name__}")
+    if loss is not None and kernel == "embedding":
+        fail(where, "loss makes no sense with kernel='embedding' (no Jacobian rows)")
+    if kernel == "embedding" and params not in (None, "all"):
+        fail(where, f"params={params!r} makes no sense with kernel='embedding' (no Jacobian)")
+    if kernel == "embedding" and model.embedding_fn is None:
+        fail(where, f"kernel='embedding' needs a model with embedding_fn; {model.name!r} has none")
+    if kernel == "last_layer":
+        if params not in (None, "readout"):
+            fail(where, f"kernel='last_layer' fixes params='readout'; got params={params!r}")
+        return "readout"
+    return params
+
+
 def _force_settings(kernel: str, force_rows, force_method, step, dtype, where: str) -> tuple:
     """(force_rows, force_method, difference_step) with the defaults filled in and checked."""
     if force_rows is None:  # the studied default: k = 4 combinations where there are force rows
         force_rows = "exact" if kernel in KERNELS_WITHOUT_FORCE_ROWS else 4
     if force_rows != "exact":
         if isinstance(force_rows, bool) or not isinstance(force_rows, (int, np.integer)) or force_rows < 1:
-            raise InvalidArgumentError(f"{where}: force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
+            fail(where, f"force_rows must be 'exact' or an integer k >= 1; got {force_rows!r}")
         if kernel in KERNELS_WITHOUT_FORCE_ROWS:
-            raise InvalidArgumentError(f"{where}: force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
-                                       "(it has no force rows); use kernel='force' or 'joint'")
+            fail(where, f"force_rows={force_rows!r} makes no sense with kernel={kernel!r} "
+                        "(it has no force rows); use kernel='force' or 'joint'")
     if force_method is None:
         force_method = "autograd" if force_rows == "exact" else "difference"
     choice(force_method, FORCE_METHODS, where, "force_method")
     if step is None:  # rounding error of a difference grows as 1/h, truncation as h (bench/RESULTS.md §2)
         step = 1e-6 if dtype == torch.float64 else 3e-4
-    if not (isinstance(step, (int, float, np.floating)) and np.isfinite(step) and step > 0):
-        raise InvalidArgumentError(f"{where}: difference_step must be a finite number > 0; got {step!r}")
+    as_positive_float(step, where, "difference_step")
     return force_rows, force_method, step
 
 

@@ -9,38 +9,13 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import InvalidArgumentError
+from ..errors import fail
+from ..structures import check_atoms  # the package's one structure check (re-exported here)
 
 __all__ = ["FunctionalModel", "check_atoms"]
 
 EnergyFn = Callable[[dict, torch.Tensor, object], torch.Tensor]
 EmbeddingFn = Callable[[dict, torch.Tensor, object], torch.Tensor]
-
-
-def check_atoms(atoms, *, where: str, arg: str = "atoms", supported_numbers=None) -> None:
-    """Validate one structure: an ``ase.Atoms`` with >= 1 atom, finite positions, known elements.
-
-    Raises
-    ------
-    ntkal.InvalidArgumentError
-        Naming ``where`` and ``arg`` when the structure cannot be fed to a model.
-    """
-    if not hasattr(atoms, "get_positions") or not hasattr(atoms, "numbers"):
-        raise InvalidArgumentError(f"{where}: {arg} must be an ase.Atoms; got {type(atoms).__name__}")
-    n = len(atoms)
-    if n == 0:
-        raise InvalidArgumentError(f"{where}: {arg} must contain at least one atom; got an empty structure")
-    pos = atoms.get_positions()
-    if not np.all(np.isfinite(pos)):
-        bad = int(np.flatnonzero(~np.isfinite(pos).all(axis=1))[0])
-        raise InvalidArgumentError(f"{where}: {arg} positions must be finite; atom {bad} has {pos[bad].tolist()}")
-    if supported_numbers is not None:
-        unknown = sorted(set(int(z) for z in atoms.numbers) - set(supported_numbers))
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[z] if 0 < z < len(chemical_symbols) else str(z) for z in unknown)
-            raise InvalidArgumentError(f"{where}: {arg} contains elements the model does not support: {names}")
 
 
 class FunctionalModel:
@@ -93,17 +68,17 @@ class FunctionalModel:
         batched=None,
     ) -> None:
         if not callable(energy_fn):
-            raise InvalidArgumentError(f"FunctionalModel: energy_fn must be callable; got {type(energy_fn).__name__}")
+            fail("FunctionalModel", f"energy_fn must be callable; got {type(energy_fn).__name__}")
         if not isinstance(params, Mapping) or len(params) == 0:
-            raise InvalidArgumentError("FunctionalModel: params must be a non-empty mapping of name -> Tensor; "
-                          f"got {type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}")
+            fail("FunctionalModel", "params must be a non-empty mapping of name -> Tensor; "
+                                    f"got {type(params).__name__} of length {len(params) if hasattr(params, '__len__') else '?'}")
         for key, value in params.items():
             if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-                raise InvalidArgumentError(f"FunctionalModel: params[{key!r}] must be a floating-point Tensor; got {type(value).__name__}"
-                              + (f" of dtype {value.dtype}" if isinstance(value, torch.Tensor) else ""))
+                fail("FunctionalModel", f"params[{key!r}] must be a floating-point Tensor; got {type(value).__name__}"
+                                        + (f" of dtype {value.dtype}" if isinstance(value, torch.Tensor) else ""))
         dtypes = {v.dtype for v in params.values()}
         if len(dtypes) != 1:
-            raise InvalidArgumentError(f"FunctionalModel: params must share one dtype; got {sorted(map(str, dtypes))}")
+            fail("FunctionalModel", f"params must share one dtype; got {sorted(map(str, dtypes))}")
         self.energy_fn = energy_fn
         self.embedding_fn = embedding_fn
         self.params = {k: v.detach() for k, v in params.items()}
@@ -161,19 +136,19 @@ class FunctionalModel:
             return self
         if isinstance(spec, str) and spec == "readout":
             if self.readout is None:
-                raise InvalidArgumentError(f"FunctionalModel.select: params='readout' needs readout patterns; "
-                              f"model {self.name!r} was built without readout=")
+                fail("FunctionalModel.select", f"params='readout' needs readout patterns; "
+                                               f"model {self.name!r} was built without readout=")
             patterns = self.readout
         elif isinstance(spec, str):
-            raise InvalidArgumentError(f"FunctionalModel.select: params must be 'all', 'readout' or a list of name patterns; got {spec!r}")
+            fail("FunctionalModel.select", f"params must be 'all', 'readout' or a list of name patterns; got {spec!r}")
         else:
             patterns = tuple(str(p) for p in spec)
             if not patterns:
-                raise InvalidArgumentError("FunctionalModel.select: params pattern list must be non-empty; got []")
+                fail("FunctionalModel.select", "params pattern list must be non-empty; got []")
         chosen = {k: v for k, v in self.params.items() if any(fnmatch.fnmatchcase(k, p) for p in patterns)}
         if not chosen:
-            raise InvalidArgumentError(f"FunctionalModel.select: params patterns {list(patterns)} match no parameter of "
-                          f"model {self.name!r} (names look like {self.names[:3]})")
+            fail("FunctionalModel.select", f"params patterns {list(patterns)} match no parameter of "
+                                           f"model {self.name!r} (names look like {self.names[:3]})")
         frozen = {**self.frozen, **{k: v for k, v in self.params.items() if k not in chosen}}
         sub = FunctionalModel(self.energy_fn, chosen, frozen=frozen, embedding_fn=self.embedding_fn,
                               readout=self.readout, supported_numbers=self.supported_numbers, name=self.name,
@@ -202,15 +177,15 @@ class FunctionalModel:
         pos = self.positions(atoms) if positions is None else positions
         energy = self.energy_fn(merged, pos, atoms)
         if not isinstance(energy, torch.Tensor) or energy.numel() != 1:
-            raise InvalidArgumentError(f"FunctionalModel.energy: energy_fn must return a scalar Tensor; got "
-                          f"{type(energy).__name__} with shape {getattr(energy, 'shape', None)}")
+            fail("FunctionalModel.energy", f"energy_fn must return a scalar Tensor; got "
+                                           f"{type(energy).__name__} with shape {getattr(energy, 'shape', None)}")
         return energy.reshape(())
 
     def embedding(self, atoms) -> torch.Tensor:
         """(N, F) per-atom features from ``embedding_fn``."""
         if self.embedding_fn is None:
-            raise InvalidArgumentError(f"FunctionalModel.embedding: model {self.name!r} has no embedding_fn; "
-                          "the 'embedding' kernel needs one")
+            fail("FunctionalModel.embedding", f"model {self.name!r} has no embedding_fn; "
+                                              "the 'embedding' kernel needs one")
         with torch.no_grad():
             return self.embedding_fn(self.all_params(), self.positions(atoms), atoms)
 

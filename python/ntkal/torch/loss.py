@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..errors import InvalidArgumentError
+from .._validation import as_positive_float
 from ..options import LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, choice
 
 __all__ = ["Loss"]
@@ -45,10 +45,7 @@ class Loss:
 
     def __post_init__(self):
         for name in ("energy_weight", "force_weight"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) or not np.isfinite(value) \
-                    or value <= 0:
-                raise InvalidArgumentError(f"Loss: {name} must be a finite number > 0; got {value!r}")
+            as_positive_float(getattr(self, name), "Loss", name)
         choice(self.energy, LOSS_ENERGY_TERMS, "Loss", "energy")
         choice(self.forces, LOSS_FORCE_TERMS, "Loss", "forces")
 
@@ -58,6 +55,19 @@ class Loss:
         energy = np.sqrt(self.energy_weight) / (n if self.energy == "per_atom" else 1.0)
         force = np.sqrt(self.force_weight / (3.0 * n if self.forces == "per_structure" else 1.0))
         return float(energy), float(force)
+
+    def weight_rows(self, rows, n_atoms: int, *, energy_row: bool, force_rows: bool):
+        """``rows`` (one structure's block: its energy row first when ``energy_row``, then its force rows when
+        ``force_rows``) multiplied in place by :meth:`row_weights`; returned. Weighting sketched rows is exact
+        (the sketch is linear)."""
+        energy, force = self.row_weights(n_atoms)
+        first = 0
+        if energy_row:
+            rows[:1] *= energy
+            first = 1
+        if force_rows:
+            rows[first:] *= force
+        return rows
 
     def config(self) -> dict:
         return asdict(self)

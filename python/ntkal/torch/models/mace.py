@@ -19,12 +19,12 @@ from collections.abc import Mapping
 
 import torch
 
-from ...errors import InvalidArgumentError
-from ..batched import BatchedEnergy
+from ...errors import fail
 from ..functional import FunctionalModel
+from ._common import Adapter, GraphCache, functional_model
 from ._safe_load import called_globals, check_global
 
-__all__ = ["MACE_READOUT", "mace"]
+__all__ = ["ADAPTER", "MACE_READOUT", "mace"]
 
 MACE_READOUT = ("readouts.*",)
 # Rows of the parameter-owning modules in a batch: the radial basis and the radial networks that weight the
@@ -45,7 +45,7 @@ def _import_mace(where: str):
         import e3nn.nn  # noqa: F401  the classes a safe load may allow-list are looked up here, never imported
         import mace.modules  # noqa: F401
     except ImportError as exc:
-        raise InvalidArgumentError(f"{where}: mace-torch is not installed (pip install 'ntkal[mace]')") from exc
+        fail(where, "mace-torch is not installed (pip install 'ntkal[mace]')", cause=exc)
     finally:  # mace's __init__ sets it for the whole process
         if before is None:
             os.environ.pop(_TORCH_ENV, None)
@@ -60,8 +60,8 @@ def _refusals(path: str, where: str) -> tuple[list, dict[str, list[str]]]:
         needed = sorted(set(torch.serialization.get_unsafe_globals_in_checkpoint(path)))
         called = called_globals(path)
     except Exception as exc:
-        raise InvalidArgumentError(f"{where}: {path} is not a model file saved with torch.save: "
-                                   f"{type(exc).__name__}: {exc}") from exc
+        fail(where, f"{path} is not a model file saved with torch.save: "
+                    f"{type(exc).__name__}: {exc}", cause=exc)
     classes, refused = [], {}
     for name in needed:
         cls, reason = check_global(name, _SAFE_PREFIXES)
@@ -78,16 +78,15 @@ def _refusals(path: str, where: str) -> tuple[list, dict[str, list[str]]]:
 
 def _load(path: str, where: str, allow_unsafe_load: bool):
     if not os.path.isfile(path):
-        raise InvalidArgumentError(f"{where}: model file not found: {path}")
+        fail(where, f"model file not found: {path}")
     classes, refused = _refusals(path, where)
     if refused and not allow_unsafe_load:
         named = "; ".join(f"{reason}: {', '.join(names[:4])}{f' and {len(names) - 4} more' if len(names) > 4 else ''}"
                           for reason, names in refused.items())
-        raise InvalidArgumentError(
-            f"{where}: {path} cannot be loaded safely: the safe load rebuilds only the mace/e3nn/torch.nn module "
-            f"classes a model is made of, and the file names {named}. A standard MACE file is refused: it embeds "
-            "e3nn's generated modules, whose code runs while the file loads. Pass allow_unsafe_load=True "
-            "(CLI: --allow-unsafe-load) only for a file you trust")
+        fail(where, f"{path} cannot be loaded safely: the safe load rebuilds only the mace/e3nn/torch.nn module "
+                    f"classes a model is made of, and the file names {named}. A standard MACE file is refused: it embeds "
+                    "e3nn's generated modules, whose code runs while the file loads. Pass allow_unsafe_load=True "
+                    "(CLI: --allow-unsafe-load) only for a file you trust")
     try:
         if refused:
             net = torch.load(path, map_location="cpu", weights_only=False)
@@ -95,23 +94,22 @@ def _load(path: str, where: str, allow_unsafe_load: bool):
             with torch.serialization.safe_globals(classes):
                 net = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InvalidArgumentError(f"{where}: {path} is not a MACE model file: {type(exc).__name__}: {exc}") from exc
+        fail(where, f"{path} is not a MACE model file: {type(exc).__name__}: {exc}", cause=exc)
     return _checked_model(net, where, path)
 
 
 def _checked_model(net, where: str, what: str):
     """``net`` when it is a MACE module; a named error saying what to pass instead otherwise."""
     if isinstance(net, Mapping) and net and all(torch.is_tensor(v) for v in net.values()):
-        raise InvalidArgumentError(
-            f"{where}: {what} holds a state dict ({len(net)} tensors), not a model: pass a model file saved with "
-            "torch.save(model), or build the MACE module, call its load_state_dict() and pass the module")
+        fail(where, f"{what} holds a state dict ({len(net)} tensors), not a model: pass a model file saved with "
+                    "torch.save(model), or build the MACE module, call its load_state_dict() and pass the module")
     if not isinstance(net, torch.nn.Module):
         keys = f" with keys {sorted(map(str, net))[:6]}" if isinstance(net, Mapping) else ""
-        raise InvalidArgumentError(f"{where}: {what} holds a {type(net).__name__}{keys}, not a MACE model: pass a "
-                                   "model file saved with torch.save(model) or a MACE module")
+        fail(where, f"{what} holds a {type(net).__name__}{keys}, not a MACE model: pass a "
+                    "model file saved with torch.save(model) or a MACE module")
     if not (hasattr(net, "r_max") and hasattr(net, "atomic_numbers")):
-        raise InvalidArgumentError(f"{where}: {what} is a {type(net).__name__} module without r_max and "
-                                   "atomic_numbers, not a MACE model")
+        fail(where, f"{what} is a {type(net).__name__} module without r_max and "
+                    "atomic_numbers, not a MACE model")
     return net
 
 
@@ -149,20 +147,11 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
     z_table = tools.AtomicNumberTable([int(z) for z in net.atomic_numbers])
     heads = list(getattr(net, "heads", None) or ["Default"])
     if head is not None and head not in heads:
-        raise InvalidArgumentError(f"{where}: head must be one of {heads}; got {head!r}")
+        fail(where, f"head must be one of {heads}; got {head!r}")
     head_index = heads.index(head) if head is not None else 0
 
-    graph_cache: dict = {}
     builder = _GraphBuilder(z_table.zs, r_max, heads, head_index, dtype)
-
-    def graph_of(atoms):
-        from ...structures import structure_digest
-
-        key = structure_digest(atoms)
-        if key not in graph_cache:
-            graph_cache.clear()
-            graph_cache[key] = _collate([builder(atoms)], dtype, device)
-        return graph_cache[key]
+    graph_of = GraphCache(lambda atoms: _collate([builder(atoms)], dtype, device))
 
     def energy(p, positions, atoms):
         batch = dict(graph_of(atoms))
@@ -170,14 +159,10 @@ def mace(model, *, params="all", device: str | torch.device = "cpu", head: str |
         out = torch.func.functional_call(net, p, (batch,), {"compute_force": False, "training": False})
         return out["energy"].reshape(-1)[0]
 
-    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
-    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
-    frozen.update(dict(net.named_buffers()))
-    batched = BatchedEnergy(net, builder, lambda graphs, positions: _batch_energies(net, graphs, positions, dtype, device),
-                            MACE_ROW_KINDS, _graph_size)
-    fm = FunctionalModel(energy, trainable, frozen=frozen, readout=MACE_READOUT, supported_numbers=z_table.zs,
-                         name=name, batched=batched)
-    return fm.select(params)
+    return functional_model(net, energy, graph=builder, row_kinds=MACE_ROW_KINDS, graph_size=_graph_size,
+                            batch_energies=lambda graphs, positions: _batch_energies(net, graphs, positions, dtype,
+                                                                                     device),
+                            params=params, readout=MACE_READOUT, supported_numbers=z_table.zs, name=name)
 
 
 class _GraphBuilder:
@@ -221,3 +206,7 @@ def _batch_energies(net, graphs: list, positions: list, dtype, device):
     out = net(batch, compute_force=False, training=False)
     owners = batch["batch"]
     return out["energy"].reshape(-1), {"atoms": owners, "edges": owners[batch["edge_index"][0]]}
+
+
+ADAPTER = Adapter(mace, options={"checkpoint": "model", "device": "device", "allow_unsafe_load": "allow_unsafe_load"},
+                  required=("checkpoint",), summary="a MACE model file as mace-torch saves it (extra [mace])")

@@ -13,11 +13,11 @@ import os
 import numpy as np
 import torch
 
-from ...errors import InvalidArgumentError
-from ..batched import BatchedEnergy
+from ...errors import fail
 from ..functional import FunctionalModel
+from ._common import Adapter, GraphCache, functional_model, load_weights
 
-__all__ = ["SEVENNET_READOUT", "SEVENNET_SHIPPED", "sevennet"]
+__all__ = ["ADAPTER", "SEVENNET_READOUT", "SEVENNET_SHIPPED", "sevennet"]
 
 
 # The checkpoints inside the sevenn 0.13 wheel (no download needed).
@@ -67,96 +67,25 @@ def sevennet(name: str = "7net-0", *, checkpoint: str | None = None, modal: str 
     params : "all", "readout" or list of str
     device : str or torch.device
     """
-    where = "ntkal.torch.models.sevennet"
-    try:
-        import sevenn
-        import sevenn._keys as KEY
-        from sevenn.atom_graph_data import AtomGraphData
-        from sevenn.checkpoint import SevenNetCheckpoint
-        from sevenn.train.dataload import unlabeled_atoms_to_graph
-    except ImportError as exc:
-        raise InvalidArgumentError(f"{where}: the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')") from exc
-    if checkpoint is None:
-        if not isinstance(name, str) or name.lower() not in SEVENNET_SHIPPED:
-            raise InvalidArgumentError(f"{where}: name must be one of the checkpoints the sevenn wheel ships, "
-                                       f"{sorted(SEVENNET_SHIPPED)}; got {name!r} (or pass checkpoint=PATH)")
-        checkpoint = os.path.join(os.path.dirname(sevenn.__file__), SEVENNET_SHIPPED[name.lower()])
-        label = f"sevennet:{name.lower()}"
-    else:
-        label = f"sevennet:{os.path.basename(str(checkpoint))}"
-    if modal is not None:
-        label += f"[{modal}]"
-    checkpoint = str(checkpoint)
-    if not os.path.isfile(checkpoint):
-        raise InvalidArgumentError(f"{where}: checkpoint file not found: {checkpoint}")
-    try:
-        with torch.serialization.safe_globals(_sevennet_safe_globals()):
-            state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} could not be loaded with weights_only=True: "
-                      f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
-    try:
-        import warnings
+    import sevenn._keys as KEY
 
-        from sevenn.checkpoint import _config_cp_routine
-
-        cp = SevenNetCheckpoint(checkpoint)
-        # Hand the safely loaded dict to sevenn instead of letting it unpickle the file itself.
-        cp._config_original = state.get("config", {})
-        cp._model_state_dict = state.get("model_state_dict", {})
-        cp._optimizer_state_dict, cp._scheduler_state_dict = {}, {}
-        cp._epoch, cp._time, cp._hash = state.get("epoch"), state.get("time", ""), state.get("hash", "")
-        cp._config = _config_cp_routine(cp._config_original)
-        cp._loaded = True
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            net = cp.build_model()
-    except Exception as exc:
-        raise InvalidArgumentError(f"{where}: checkpoint {checkpoint} is not a SevenNet checkpoint: {type(exc).__name__}: {exc}") from exc
-    net.set_is_batch_data(False)
-    net.delete_module_by_key("force_output")  # we differentiate the energy ourselves
+    net, config, label = _load_net(name, checkpoint, modal)
     net = net.to(device).eval()
-    modal_map = getattr(net, "modal_map", None) or {}
-    if modal_map and modal not in modal_map:
-        raise InvalidArgumentError(f"{where}: this model has several fidelities: modal must be one of "
-                                   f"{sorted(modal_map)}; got {modal!r}")
-    if not modal_map and modal is not None:
-        raise InvalidArgumentError(f"{where}: modal={modal!r} given, but this model has a single fidelity")
-    cutoff = float(cp.config[KEY.CUTOFF])
-    type_map = dict(cp.config[KEY.TYPE_MAP])
-    graph_cache: dict = {}
-
-    def graph_of(atoms):
-        from ...structures import structure_digest
-
-        key = structure_digest(atoms)
-        if key not in graph_cache:
-            graph_cache.clear()
-            graph_cache[key] = unlabeled_atoms_to_graph(atoms, cutoff, with_shift=True)
-        return graph_cache[key]
+    cutoff = float(config[KEY.CUTOFF])
+    builder = _GraphBuilder(cutoff)
+    graph_of = GraphCache(builder)
 
     def run(p, positions, atoms, capture=None):
-        raw = graph_of(atoms)
-        data = AtomGraphData.from_numpy_dict({k: (v.copy() if isinstance(v, np.ndarray) else v)
-                                              for k, v in raw.items() if k != KEY.INFO})
-        data = data.to(positions.device)
-        src, dst = data[KEY.EDGE_IDX][0], data[KEY.EDGE_IDX][1]
-        cell = torch.as_tensor(raw[KEY.CELL], dtype=positions.dtype, device=positions.device).reshape(3, 3)
-        shift = torch.as_tensor(raw[KEY.CELL_SHIFT], dtype=positions.dtype, device=positions.device)
-        data[KEY.POS] = positions
-        if modal is not None:
-            data[KEY.DATA_MODALITY] = modal
-        data[KEY.EDGE_VEC] = positions[dst] - positions[src] + shift @ cell
+        data = _graph_data(graph_of(atoms), positions, modal)
         hook = None
         if capture is not None:
             hook = net._modules["reduce_input_to_hidden"].register_forward_pre_hook(
                 lambda mod, args: capture.update(h=args[0][KEY.NODE_FEATURE]))
         try:
-            out = torch.func.functional_call(net, p, (data,))
+            return torch.func.functional_call(net, p, (data,))
         finally:
             if hook is not None:
                 hook.remove()
-        return out
 
     def energy(p, positions, atoms):
         return run(p, positions, atoms)[KEY.PRED_TOTAL_ENERGY].reshape(())
@@ -166,15 +95,78 @@ def sevennet(name: str = "7net-0", *, checkpoint: str | None = None, modal: str 
         run(p, positions, atoms, captured)
         return captured["h"]
 
-    trainable = {k: v for k, v in net.named_parameters() if v.requires_grad}
-    frozen = {k: v for k, v in net.named_parameters() if not v.requires_grad}
-    frozen.update(dict(net.named_buffers()))
-    graph = _GraphBuilder(cutoff)
-    batched = BatchedEnergy(net, graph, lambda graphs, positions: _batch_energies(net, graphs, positions, modal),
-                            SEVENNET_ROW_KINDS, _graph_size)
-    model = FunctionalModel(energy, trainable, frozen=frozen, embedding_fn=embedding, readout=SEVENNET_READOUT,
-                            supported_numbers=type_map.keys(), name=label, batched=batched)
-    return model.select(params)
+    return functional_model(net, energy, graph=builder, row_kinds=SEVENNET_ROW_KINDS, graph_size=_graph_size,
+                            batch_energies=lambda graphs, positions: _batch_energies(net, graphs, positions, modal),
+                            params=params, embedding_fn=embedding, readout=SEVENNET_READOUT,
+                            supported_numbers=dict(config[KEY.TYPE_MAP]).keys(), name=label)
+
+
+def _graph_data(raw: dict, positions, modal):
+    """sevenn's AtomGraphData of one structure with edge vectors from the differentiable ``positions``."""
+    import sevenn._keys as KEY
+    from sevenn.atom_graph_data import AtomGraphData
+
+    data = AtomGraphData.from_numpy_dict({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                          for k, v in raw.items() if k != KEY.INFO})
+    data = data.to(positions.device)
+    src, dst = data[KEY.EDGE_IDX][0], data[KEY.EDGE_IDX][1]
+    cell = torch.as_tensor(raw[KEY.CELL], dtype=positions.dtype, device=positions.device).reshape(3, 3)
+    shift = torch.as_tensor(raw[KEY.CELL_SHIFT], dtype=positions.dtype, device=positions.device)
+    data[KEY.POS] = positions
+    if modal is not None:
+        data[KEY.DATA_MODALITY] = modal
+    data[KEY.EDGE_VEC] = positions[dst] - positions[src] + shift @ cell
+    return data
+
+
+def _load_net(name: str, checkpoint, modal):
+    """(SevenNet module without its force head, its config, model label) of a shipped or given checkpoint."""
+    where = "ntkal.torch.models.sevennet"
+    try:
+        import sevenn
+    except ImportError as exc:
+        fail(where, "the sevenn package is not installed (pip install 'torch==2.13.0' 'sevenn==0.13.0')", cause=exc)
+    if checkpoint is None:
+        if not isinstance(name, str) or name.lower() not in SEVENNET_SHIPPED:
+            fail(where, f"name must be one of the checkpoints the sevenn wheel ships, {sorted(SEVENNET_SHIPPED)}; "
+                        f"got {name!r} (or pass checkpoint=PATH)")
+        checkpoint = os.path.join(os.path.dirname(sevenn.__file__), SEVENNET_SHIPPED[name.lower()])
+        label = f"sevennet:{name.lower()}"
+    else:
+        label = f"sevennet:{os.path.basename(str(checkpoint))}"
+    if modal is not None:
+        label += f"[{modal}]"
+    state = load_weights(checkpoint, where, safe_globals=_sevennet_safe_globals())
+    net, config = _build(state, str(checkpoint), where)
+    net.set_is_batch_data(False)
+    net.delete_module_by_key("force_output")  # we differentiate the energy ourselves
+    modal_map = getattr(net, "modal_map", None) or {}
+    if modal_map and modal not in modal_map:
+        fail(where, f"this model has several fidelities: modal must be one of {sorted(modal_map)}; got {modal!r}")
+    if not modal_map and modal is not None:
+        fail(where, f"modal={modal!r} given, but this model has a single fidelity")
+    return net, config, label
+
+
+def _build(state: dict, checkpoint: str, where: str):
+    """sevenn's model from a weights-only loaded checkpoint dict (sevenn never unpickles the file itself)."""
+    try:
+        import warnings
+
+        from sevenn.checkpoint import SevenNetCheckpoint, _config_cp_routine
+
+        cp = SevenNetCheckpoint(checkpoint)
+        cp._config_original = state.get("config", {})
+        cp._model_state_dict = state.get("model_state_dict", {})
+        cp._optimizer_state_dict, cp._scheduler_state_dict = {}, {}
+        cp._epoch, cp._time, cp._hash = state.get("epoch"), state.get("time", ""), state.get("hash", "")
+        cp._config = _config_cp_routine(cp._config_original)
+        cp._loaded = True
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            return cp.build_model(), cp.config
+    except Exception as exc:
+        fail(where, f"checkpoint {checkpoint} is not a SevenNet checkpoint: {type(exc).__name__}: {exc}", cause=exc)
 
 
 class _GraphBuilder:
@@ -228,3 +220,8 @@ def _batch_energies(net, graphs: list, positions: list, modal):
     finally:
         net.set_is_batch_data(False)
     return out[KEY.PRED_TOTAL_ENERGY].reshape(-1), {"atoms": batch, "edges": batch[src]}
+
+
+ADAPTER = Adapter(sevennet, options={"checkpoint": "checkpoint", "modal": "modal", "device": "device"},
+                  names={name: {"name": name} for name in SEVENNET_SHIPPED},
+                  summary="SevenNet-0 or another checkpoint the sevenn wheel ships, or a SevenNet checkpoint file")

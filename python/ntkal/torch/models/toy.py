@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..batched import BatchedEnergy
 from ..functional import FunctionalModel
+from ._common import Adapter, GraphCache, functional_model
 
-__all__ = ["toy"]
+__all__ = ["ADAPTER", "toy"]
 
 
 class _Radial(torch.nn.Module):
@@ -95,18 +95,7 @@ def toy(*, species=(1, 6, 8, 29, 79), hidden: int = 6, n_radial: int = 5, cutoff
     }
     net = _ToyNet(params, torch.linspace(0.5, cutoff, n_radial, dtype=dtype), float(cutoff / n_radial), float(cutoff))
     graph = _Pairs(cutoff, index)
-    pairs_cache: dict = {}
-
-    def pairs(atoms):
-        # The neighbour list depends on atoms only; cache it (finite differences call E many times).
-        from ...structures import structure_digest
-
-        key = structure_digest(atoms)
-        if key not in pairs_cache:
-            if len(pairs_cache) > 256:
-                pairs_cache.clear()
-            pairs_cache[key] = graph(atoms)
-        return pairs_cache[key]
+    pairs = GraphCache(graph, capacity=256)  # finite differences call E many times on one structure
 
     def inputs(positions, atoms):
         z, i, j, shift = pairs(atoms)
@@ -125,11 +114,11 @@ def toy(*, species=(1, 6, 8, 29, 79), hidden: int = 6, n_radial: int = 5, cutoff
         owners = torch.zeros(len(atoms), dtype=torch.long)
         return call(p, (*inputs(positions, atoms), owners, 1)).reshape(())
 
-    batched = BatchedEnergy(net, graph, lambda graphs, positions: _batch_energies(net, graphs, positions),
-                            (("radial", "pairs"), ("*", "atoms")), _pairs_size)
-    return FunctionalModel(energy, dict(net.named_parameters()), frozen=dict(net.named_buffers()),
-                           embedding_fn=features, readout=("readout.*",), supported_numbers=species,
-                           name=f"toy-{seed}", embedding_dim=hidden, batched=batched)
+    return functional_model(net, energy, graph=graph, row_kinds=(("radial", "pairs"), ("*", "atoms")),
+                            graph_size=_pairs_size,
+                            batch_energies=lambda graphs, positions: _batch_energies(net, graphs, positions),
+                            embedding_fn=features, readout=("readout.*",), supported_numbers=species,
+                            name=f"toy-{seed}", embedding_dim=hidden)
 
 
 class _Pairs:
@@ -160,3 +149,6 @@ def _batch_energies(net, graphs: list, positions: list):
     owners = torch.repeat_interleave(torch.arange(len(graphs)), torch.as_tensor([len(g[0]) for g in graphs]))
     energies = net(torch.cat(positions), z, i, j, shift, owners, len(graphs))
     return energies, {"atoms": owners, "pairs": owners[i]}
+
+
+ADAPTER = Adapter(toy, summary="a tiny float64 pair model (tests and examples)")

@@ -3,10 +3,10 @@
 For each setting, select the first batch of the active-learning study from the same initial
 sets and report its overlap with the default ``joint_ntk`` batch and its share of molecules and
 of 900 K frames. This is the cheap screen behind the tuning table of bench/RESULTS.md; the
-learning-curve effect of a setting needs ``bench/al_loop.py --variant``.
+learning-curve effect of a setting needs ``python -m al --variant``.
 
-Usage (from the repository root):
-    PYTHONPATH=python python bench/al_first_batch.py > bench/results/al_first_batch.txt
+Usage (the study installed, or from bench/):
+    python -m al.first_batch > bench/results/al_first_batch.txt
 """
 from __future__ import annotations
 
@@ -14,16 +14,15 @@ import argparse
 import os
 import sys
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
+import numpy as np
 
-import numpy as np  # noqa: E402
+from . import features as F
+from . import loop, pools
+from .data import DataRecipe, load_dataset
+from .features import PoolFeatures
+from .strategies import KERNEL_OF, RoundState, make
 
-from al import features as F  # noqa: E402
-from al import loop, pools  # noqa: E402
-from al.data import DataRecipe, load_dataset  # noqa: E402
-from al.features import PoolFeatures  # noqa: E402
-from al.strategies import KERNEL_OF, RoundState, make  # noqa: E402
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/: the default cache lives there
 
 SETTINGS = [("joint_ntk (default)", "joint_ntk", {}),
             ("sigma^2 1e-3", "joint_ntk", dict(noise_var=1e-3)), ("sigma^2 0.1", "joint_ntk", dict(noise_var=0.1)),
@@ -48,18 +47,12 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
 
-    import types
-
-    import torch
-
     data = load_dataset(args.cache, DataRecipe())
     index = pools.subsample(data.pool, args.pool_size, 0)
     frames = [data.pool[i] for i in index]
     feats = F.compute({"joint", "force", "energy", "embedding"}, frames,
                       F.FeatureConfig(workers=args.workers), verbose=False)
     feats = {k: (PoolFeatures(b, index, len(data.pool)), 0.0) for k, (b, _) in feats.items()}
-    # composition strata need only atomic numbers
-    graphs = [types.SimpleNamespace(atomic_number=torch.as_tensor(f.numbers)) for f in data.pool]
     is_mol = np.array([f.info["domain"] == "molecule" for f in data.pool])
     is_hot = np.array([int(f.info["temperature"]) == 900 for f in data.pool])
     print(f"pool {len(index)} (molecules {is_mol[index].mean():.2f}, 900 K {is_hot[index].mean():.2f}); "
@@ -70,7 +63,7 @@ def main(argv=None) -> int:
         overlap, mol, hot = [], [], []
         for seed in args.seeds:
             init = loop.initial_set(index, args.n_initial, seed)
-            state = RoundState(seed, 0, np.setdiff1d(index, init), init, None, graphs, None, None)
+            state = RoundState(seed, 0, np.setdiff1d(index, init), init, None, None, None, None, data.pool)
             picked = make(name, feats[KERNEL_OF[name]], **kw).select(state, args.batch)
             default.setdefault(seed, set(picked.tolist()))
             overlap.append(len(default[seed] & set(picked.tolist())) / args.batch)

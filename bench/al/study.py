@@ -4,12 +4,12 @@ Data: MD frames of small molecules labelled with GFN2-xTB and Cu/Cu-Au cells lab
 EMT (bench/al/data.py, cached under --cache). Model: pretrained CHGNet with fitted
 per-element energy offsets, fine-tuned from the pretrained weights every round.
 Strategies: random, committee, max_force, embedding, energy_ntk, force_ntk, joint_ntk,
-joint_ntk_greedy (bench/al/strategies.py). A pool-shift study repeats a few strategies on
+joint_ntk_greedy, and the product's own pipeline acq_* (bench/al/strategies.py). A pool-shift study repeats a few strategies on
 pools biased towards one group (default: 300 K frames) by a mixing coefficient.
 
-Usage (from the repository root):
-    PYTHONPATH=python python bench/al_loop.py --quick --out r.json
-    PYTHONPATH=python nice -n 10 python bench/al_loop.py --out bench/results/al_full.json
+Usage (the study installed with ``pip install -e bench/al``, or from bench/ without installing):
+    python -m al --quick --out r.json
+    nice -n 10 python -m al --out bench/results/al_full.json
 
 Prints per-strategy final errors, the label fraction each strategy needs to reach random's
 final force MAE, and its acquisition cost against the committee's, all from this one run.
@@ -23,22 +23,17 @@ import shutil
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-try:
-    import ntkal  # noqa: F401
-except ImportError:  # running from a checkout without PYTHONPATH=python
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "python"))
+import numpy as np
 
-import numpy as np  # noqa: E402
+from . import features as F
+from . import pools, report, runner
+from .data import load_dataset
+from .loop import LoopConfig
+from .model import FinetuneConfig
+from .scenarios import SCENARIOS, recipe as scenario_recipe
+from .strategies import ACQUIRE_KEYS, KERNEL_OF, PRODUCT_STRATEGIES, STRATEGIES
 
-from al import features as F  # noqa: E402
-from al import pools, report, runner  # noqa: E402
-from al.data import DataRecipe, load_dataset  # noqa: E402
-from al.loop import LoopConfig  # noqa: E402
-from al.model import FinetuneConfig  # noqa: E402
-from al.data import CopperRecipe  # noqa: E402
-from al.strategies import ACQUIRE_KEYS, KERNEL_OF, PRODUCT_STRATEGIES, STRATEGIES  # noqa: E402
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/: the default cache lives there
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
@@ -59,9 +54,10 @@ def parse_args(argv=None):
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
-    p.add_argument("--scenario", default="mixed", choices=("mixed", "copper"),
-                   help="mixed: molecules (GFN2-xTB) and metals (EMT); copper: single domain, 70 %% redundant 300 K "
-                   "bulk frames plus hot, vacancy, surface and strained Cu (EMT)")
+    p.add_argument("--scenario", default="mixed", choices=sorted(SCENARIOS),
+                   help="the labelled data (bench/al/scenarios.py): mixed: molecules (GFN2-xTB) and metals (EMT); "
+                   "copper: single domain, 70 %% redundant 300 K bulk frames plus hot, vacancy, surface and strained "
+                   "Cu (EMT)")
     p.add_argument("--domain", default="all", choices=("all", "molecule", "metal"),
                    help="restrict pool and test sets to molecules (GFN2-xTB) or metals (EMT)")
     p.add_argument("--pool-size", type=int, help="subsample the pool (stratified); default all (full)")
@@ -219,7 +215,7 @@ def main(argv=None) -> int:
         return 0
     t_start = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # tblite in this process: no thread oversubscription
-    recipe = CopperRecipe(seed=args.data_seed) if args.scenario == "copper" else DataRecipe(seed=args.data_seed)
+    recipe = scenario_recipe(args.scenario, args.data_seed)
     data = load_dataset(args.cache, recipe)
     in_domain = lambda f: args.domain in ("all", f.info["domain"])  # noqa: E731
     eligible = np.array([i for i, f in enumerate(data.pool) if in_domain(f)])
