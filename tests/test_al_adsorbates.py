@@ -1,6 +1,8 @@
-"""The adsorbate scenario's data generator (bench/al/adsorbates.py) in its smoke mode: a few frames."""
+"""The adsorbate scenario (bench/al/adsorbates.py, the installed package ``al``) in its smoke mode: a few
+frames labelled with GFN1-xTB, and one round of the study on them."""
+import dataclasses
+import json
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -8,9 +10,10 @@ from _require import require
 
 require("ase")
 require("tblite")
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+require("al")  # the study: pip install ./bench/al (the test command of README.md installs it)
 
 from al import adsorbates as A  # noqa: E402
+from al import data as D  # noqa: E402
 
 SLAB_ATOMS = {"fcc111": 12, "fcc100": 12, "fcc211": 18}
 
@@ -95,6 +98,10 @@ def test_cache_round_trip_reads_without_labelling(smoke, cache, monkeypatch):
 
     monkeypatch.setattr(A, "label", no_labels)
     again = A.load_adsorbates(cache, A.SMOKE, verbose=False)
+    # the study's loader reads the same cache through the recipe's own loader
+    study_view = D.load_dataset(cache, A.SMOKE, verbose=False)
+    assert isinstance(study_view, D.Dataset) and study_view.recipe == A.SMOKE
+    assert [len(study_view.pool), len(study_view.test_id), len(study_view.test_shift)] == [4, 4, 2]
     assert os.path.exists(os.path.join(cache, ".gitignore"))
     assert again.seconds == pytest.approx(smoke.seconds) and again.seconds > 0
     assert again.summary["frames"] == {"pool": 4, "test_id": 4, "test_shift": 2}
@@ -147,3 +154,57 @@ def test_recipe_counts_and_bias():
     in_pool = {t["adsorbate"] for t in A.tasks(recipe) if t["split"] == "pool"} | {
         t["metal"] for t in A.tasks(recipe) if t["split"] == "pool"}
     assert {"CH3", "Ag"} <= shifted and not {"CH3", "Ag"} & in_pool
+
+
+def test_the_study_registers_the_full_recipe():
+    from al import scenarios
+
+    recipe = scenarios.recipe("adsorbates", seed=3)
+    assert recipe == A.AdsorbateRecipe(seed=3) and recipe.key() != A.AdsorbateRecipe().key()
+    assert recipe.key() != A.SMOKE.key()
+
+
+def _run_study(cache, out, monkeypatch) -> dict:
+    """One round of ``python -m al --scenario adsorbates`` on the smoke data: 2 initial labels, 2 acquired."""
+    from al import scenarios, study
+
+    monkeypatch.setitem(scenarios.SCENARIOS, "adsorbates", lambda seed=0: dataclasses.replace(A.SMOKE, seed=seed))
+    argv = ["--scenario", "adsorbates", "--cache", cache, "--out", str(out), "--seeds", "0",
+            "--strategies", "random", "acq_joint", "--n-initial", "2", "--batch", "2", "--rounds", "1",
+            "--steps", "2", "--epochs", "1", "--committee-size", "2", "--dim", "32", "--force-rows", "2",
+            "--no-pool-shift", "--workers", "1"]
+    assert study.main(argv) == 0
+    with open(out) as fh:
+        return json.load(fh)
+
+
+def test_one_round_of_the_study_on_the_smoke_data(smoke, cache, tmp_path, monkeypatch):
+    require("torch")
+    require("chgnet")
+    from al import loop
+
+    payload = _run_study(cache, tmp_path / "ads.json", monkeypatch)
+    cfg = payload["config"]
+    assert (cfg["dataset_pool"], cfg["pool_size"], cfg["test_id"], cfg["test_shift"]) == (4, 4, 4, 2)
+    assert cfg["data_recipe"]["adsorbates"] == ["O", "CO"]
+    systems_id = {f.info["system"] for f in smoke.test_id}
+    systems_shift = {f.info["system"] for f in smoke.test_shift}
+    assert systems_id == {"O@fcc111", "O@fcc211", "CO@fcc111", "CO@fcc211"}
+    curves = payload["strategies"]
+    assert set(curves) == {"random", "acq_joint"}
+    for name, curve in curves.items():
+        assert curve["n_labels"] == [2, 4], name
+        for key in ("force_mae", "energy_mae", "force_p95", "shift_force_mae", "shift_energy_mae"):
+            assert len(curve[key]) == 2 and np.all(np.isfinite(curve[key])) and min(curve[key]) > 0, (name, key)
+        # errors per adsorbate@facet, on both test sets
+        for system in systems_id:
+            assert np.all(np.isfinite(curve[f"force_mae_sys_{system}"])), (name, system)
+        for system in systems_shift:
+            assert np.all(np.isfinite(curve[f"shift_force_mae_sys_{system}"])), (name, system)
+        (picked,) = curve["per_seed"]["0"]["selected"]
+        initial = set(loop.initial_set(np.arange(4), 2, 0).tolist())
+        assert len(set(picked)) == 2 and set(picked) <= set(range(4)) - initial
+    # round 0 is one model shared by every strategy; the acquired labels change round 1
+    assert curves["random"]["force_mae"][0] == curves["acq_joint"]["force_mae"][0]
+    assert curves["acq_joint"]["acq_seconds"][1] > 0
+    assert os.path.exists(tmp_path / "ads_curves.png")

@@ -37,7 +37,10 @@ own file, so an interrupted generation resumes where it stopped; when all are do
 into ``ads_<key>.extxyz`` with a JSON summary (counts and seconds) beside it. The key hashes the
 recipe and the label settings.
 
-Command line (from bench/): ``python -m al.adsorbates [--smoke] [--cache DIR] [--workers N]``.
+The study runs on it as the ``adsorbates`` scenario (``python -m al --scenario adsorbates``); the study
+reads the cache or generates the data in one process, so generate the full data set first with
+``python -m al.adsorbates --workers N`` (resumable). Command line: ``python -m al.adsorbates [--smoke]
+[--cache DIR] [--workers N]``.
 """
 from __future__ import annotations
 
@@ -51,6 +54,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
+
+from .data import CACHE_DIR, Dataset
 
 DATA_VERSION = 1
 XTB_SETTINGS = {"method": "GFN1-xTB", "electronic_temperature": 1000.0, "accuracy": 1.0, "max_iterations": 250}
@@ -124,6 +129,17 @@ class AdsorbateRecipe:
                           sort_keys=True)
         return "ads_" + hashlib.sha1(text.encode()).hexdigest()[:10]
 
+    def load(self, cache_dir: str, verbose: bool = True) -> "AdsorbateDataset":
+        """The data set from the cache under ``cache_dir``, generated (or its generation resumed) when absent."""
+        return load_adsorbates(cache_dir, self, verbose=verbose)
+
+    def generate(self) -> "AdsorbateDataset":
+        """The data set generated afresh, in a temporary cache (one process)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as cache_dir:
+            return load_adsorbates(cache_dir, self, verbose=False)
+
 
 # A few frames for a CI test: 4 pool, 4 test_id, 2 test_shift.
 SMOKE = AdsorbateRecipe(metals=("Cu",), adsorbates=("O", "CO"), facets=("fcc111", "fcc211"), common_trajectories=1,
@@ -133,14 +149,10 @@ SMOKE = AdsorbateRecipe(metals=("Cu",), adsorbates=("O", "CO"), facets=("fcc111"
 
 
 @dataclass
-class AdsorbateDataset:
-    """The three splits (lists of labelled ase.Atoms) and how long generating them took."""
+class AdsorbateDataset(Dataset):
+    """The three splits (lists of labelled ase.Atoms); ``seconds`` is the generation time summed over tasks
+    (also when read from the cache) and ``summary`` the cache's JSON summary (counts and seconds)."""
 
-    pool: list
-    test_id: list
-    test_shift: list
-    recipe: AdsorbateRecipe = field(default_factory=AdsorbateRecipe)
-    seconds: float = 0.0  # generation time summed over tasks (also when read from the cache)
     summary: dict = field(default_factory=dict)
 
 
@@ -569,7 +581,8 @@ def load_adsorbates(cache_dir: str, recipe: AdsorbateRecipe | None = None, worke
         summary = json.load(fh)
     frames = read(path, index=":")
     split = {s: [f for f in frames if f.info["split"] == s] for s in ("pool", "test_id", "test_shift")}
-    return AdsorbateDataset(split["pool"], split["test_id"], split["test_shift"], recipe, summary["seconds"], summary)
+    return AdsorbateDataset(split["pool"], split["test_id"], split["test_shift"], recipe, summary["seconds"],
+                            summary)
 
 
 def main(argv=None) -> int:
@@ -577,8 +590,7 @@ def main(argv=None) -> int:
 
     p = argparse.ArgumentParser(description="Generate (or resume, or read) the adsorbate data set.")
     p.add_argument("--smoke", action="store_true", help="the few-frame recipe of the CI test")
-    p.add_argument("--cache", default=os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                                    ".cache"))
+    p.add_argument("--cache", default=CACHE_DIR, help="labelled-data cache directory (the study's default)")
     p.add_argument("--workers", type=int, default=1, help="worker processes (each one thread)")
     args = p.parse_args(argv)
     data = load_adsorbates(args.cache, SMOKE if args.smoke else AdsorbateRecipe(), args.workers)
