@@ -166,14 +166,22 @@ def test_the_study_registers_the_full_recipe():
 
 def _run_study(cache, out, monkeypatch) -> dict:
     """One round of ``python -m al --scenario adsorbates`` on the smoke data: 2 initial labels, 2 acquired."""
+    import torch
+
     from al import scenarios, study
 
     monkeypatch.setitem(scenarios.SCENARIOS, "adsorbates", lambda seed=0: dataclasses.replace(A.SMOKE, seed=seed))
+    # the study sets OMP_NUM_THREADS and (one worker: in this process) torch's threads: restored afterwards
+    monkeypatch.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+    threads = torch.get_num_threads()
     argv = ["--scenario", "adsorbates", "--cache", cache, "--out", str(out), "--seeds", "0",
             "--strategies", "random", "acq_joint", "--n-initial", "2", "--batch", "2", "--rounds", "1",
             "--steps", "2", "--epochs", "1", "--committee-size", "2", "--dim", "32", "--force-rows", "2",
             "--no-pool-shift", "--workers", "1"]
-    assert study.main(argv) == 0
+    try:
+        assert study.main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     with open(out) as fh:
         return json.load(fh)
 
