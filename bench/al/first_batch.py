@@ -11,18 +11,16 @@ Usage (the study installed, or from bench/):
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import numpy as np
 
 from . import features as F
 from . import loop, pools
-from .data import DataRecipe, load_dataset
+from .data import CACHE_DIR, DataRecipe, load_dataset
 from .features import PoolFeatures
 from .strategies import KERNEL_OF, RoundState, make
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/: the default cache lives there
 
 SETTINGS = [("joint_ntk (default)", "joint_ntk", {}),
             ("sigma^2 1e-3", "joint_ntk", dict(noise_var=1e-3)), ("sigma^2 0.1", "joint_ntk", dict(noise_var=0.1)),
@@ -39,7 +37,7 @@ SETTINGS = [("joint_ntk (default)", "joint_ntk", {}),
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--cache", default=os.path.join(HERE, ".cache"))
+    p.add_argument("--cache", default=CACHE_DIR)
     p.add_argument("--pool-size", type=int, default=240, help="stratified subsample, as --quick")
     p.add_argument("--n-initial", type=int, default=16)
     p.add_argument("--batch", type=int, default=16)

@@ -1,7 +1,8 @@
 """Active-learning study: which pool structures to label next when fine-tuning CHGNet.
 
-Data: MD frames of small molecules labelled with GFN2-xTB and Cu/Cu-Au cells labelled with
-EMT (bench/al/data.py, cached under --cache). Model: pretrained CHGNet with fitted
+Data: the scenario's labelled frames (bench/al/scenarios.py, cached under --cache): ``mixed``, MD
+frames of small molecules labelled with GFN2-xTB and Cu/Cu-Au cells labelled with EMT; ``copper``;
+``adsorbates``, adsorbates on Cu and Pd slabs labelled with GFN1-xTB. Model: pretrained CHGNet with fitted
 per-element energy offsets, fine-tuned from the pretrained weights every round.
 Strategies: random, committee, max_force, embedding, energy_ntk, force_ntk, joint_ntk,
 joint_ntk_greedy, and the product's own pipeline acq_* (bench/al/strategies.py). A pool-shift study repeats a few strategies on
@@ -27,13 +28,12 @@ import numpy as np
 
 from . import features as F
 from . import pools, report, runner
-from .data import load_dataset
+from .data import CACHE_DIR, load_dataset
 from .loop import LoopConfig
 from .model import FinetuneConfig
 from .scenarios import SCENARIOS, recipe as scenario_recipe
 from .strategies import ACQUIRE_KEYS, KERNEL_OF, PRODUCT_STRATEGIES, STRATEGIES
 
-HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # bench/: the default cache lives there
 
 # quick: one seed for the main study, smaller pool and fewer rounds; full: 3 seeds
 PRESETS = {
@@ -50,14 +50,15 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true", help="1 seed, pool 240, 3 rounds of 16 labels (< 20 min on 2 cores)")
     p.add_argument("--out", default="al_results.json", help="JSON output; PNG plots are written next to it")
-    p.add_argument("--cache", default=os.path.join(HERE, ".cache"), help="labelled-data cache directory")
+    p.add_argument("--cache", default=CACHE_DIR, help="labelled-data cache directory")
     p.add_argument("--data-seed", type=int, default=0)
     p.add_argument("--seeds", type=int, nargs="+")
     p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=STRATEGIES)
     p.add_argument("--scenario", default="mixed", choices=sorted(SCENARIOS),
                    help="the labelled data (bench/al/scenarios.py): mixed: molecules (GFN2-xTB) and metals (EMT); "
                    "copper: single domain, 70 %% redundant 300 K bulk frames plus hot, vacancy, surface and strained "
-                   "Cu (EMT)")
+                   "Cu (EMT); adsorbates: H, O, OH, CO on Cu and Pd slabs, errors per adsorbate@facet (GFN1-xTB; "
+                   "generate it first with python -m al.adsorbates --workers N)")
     p.add_argument("--domain", default="all", choices=("all", "molecule", "metal"),
                    help="restrict pool and test sets to molecules (GFN2-xTB) or metals (EMT)")
     p.add_argument("--pool-size", type=int, help="subsample the pool (stratified); default all (full)")
