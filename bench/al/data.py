@@ -33,8 +33,11 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import thermalize_momenta
 
 DATA_VERSION = 1
-# the study's default cache: bench/.cache in a checkout (and with an editable install of the study)
-CACHE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".cache")
+# the study's default cache: $NTKAL_AL_CACHE, else bench/.cache in a checkout (and with an editable install of
+# the study), else .al-cache in the working directory (an installed copy must not write into site-packages)
+_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CACHE_DIR = os.environ.get("NTKAL_AL_CACHE") or (
+    os.path.join(_PARENT, ".cache") if os.path.basename(_PARENT) == "bench" else os.path.abspath(".al-cache"))
 # CHGNet's atom-graph cutoff is 6 A: 7 A of vacuum on every side keeps periodic images of a
 # molecule out of each other's neighbour lists, so the periodic model sees an isolated molecule.
 MOLECULE_VACUUM = 7.0
