@@ -207,6 +207,58 @@ def featurise(args, kernels, frames, master, run_dir) -> dict:
     return {k: float(np.load(path(f"features_{k}_seconds.npy"))) for k in kernels}
 
 
+def _add_shift_runs(args, data, master, shift_cfg, runs: list) -> dict:
+    """Append the pool-shift runs (pools biased toward --shift-group at each alpha) to ``runs``; their record."""
+    key, value = args.shift_group.split("=", 1)
+    shift = {"group": args.shift_group, "alpha_keys": [], "alphas": [], "pools": {}}
+    for alpha in args.shift_alphas:
+        for seed in args.shift_seeds:
+            idx = pools.biased(data.pool, master, key, value, None if alpha == "natural" else alpha,
+                               args.shift_pool_size, seed)
+            share = float(np.mean([pools.in_group(data.pool[i], key, value) for i in idx]))
+            runs.append((f"shift_a{share:.2f}", idx, seed, list(args.shift_strategies) + args.shift_variants,
+                         shift_cfg))
+        shift["alpha_keys"].append(f"shift_a{share:.2f}")
+        shift["alphas"].append(share)
+    return shift
+
+
+def _shift_results(args, shift: dict, results: dict) -> dict:
+    """Final-budget mean and std over the shift seeds of every curve key, per shifted pool and strategy."""
+    shift_labels = list(args.shift_strategies) + [v[0] for v in args.shift_variants]
+    shift["strategies"] = shift_labels
+    shift["variants"] = {label: {"strategy": name, **o} for label, name, o in args.shift_variants}
+    shift["seeds"] = list(args.shift_seeds)
+    shift["results"] = {}
+    for pool_key in shift["alpha_keys"]:
+        shift["results"][pool_key] = {}
+        for name in shift_labels:
+            recs = [results[(pool_key, s, name)]["record"] for s in args.shift_seeds]
+            row = {}
+            for key in report.CURVE_KEYS:
+                if key not in recs[0]:
+                    continue
+                finals = np.array([r[key][-1] for r in recs])
+                row[f"{key}_mean"], row[f"{key}_std"] = float(finals.mean()), float(finals.std())
+            row["n_labels"] = recs[0]["n_labels"][-1]
+            shift["results"][pool_key][name] = row
+    return shift
+
+
+def _config(args, recipe, loop_cfg, strategy_args: dict, feature_seconds: dict, **sizes) -> dict:
+    """The run's settings as written into the result file."""
+    return {"quick": args.quick, "argv": sys.argv[1:], "seeds": args.seeds, "domain": args.domain, **sizes,
+            "data_recipe": recipe.__dict__, "loop": {**loop_cfg.__dict__, "finetune": loop_cfg.finetune.__dict__},
+            "shift_rounds": args.shift_rounds, "strategy_args": strategy_args,
+            "variants": {label: {"strategy": name, **o} for label, name, o in args.variants},
+            "dim": args.dim, "force_rows": args.force_rows, "energy_weight": args.energy_weight,
+            "feature_seconds": feature_seconds,
+            "units": {"energy": "eV/atom", "force": "eV/A (per component)",
+                      "seconds": "wall clock, 1 torch thread per worker"},
+            "test_keys": {"id": "energy_mae ...", "shift": "shift_energy_mae ..."},
+            "workers": args.workers, "cpu_count": os.cpu_count()}
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.plot_only:
@@ -238,19 +290,7 @@ def main(argv=None) -> int:
     main_entries = list(args.strategies) + args.variants
     labels = list(args.strategies) + [v[0] for v in args.variants]
     runs = [("main", master, seed, main_entries, loop_cfg) for seed in args.seeds]
-    shift = None
-    if not args.no_pool_shift:
-        key, value = args.shift_group.split("=", 1)
-        shift = {"group": args.shift_group, "alpha_keys": [], "alphas": [], "pools": {}}
-        for alpha in args.shift_alphas:
-            for seed in args.shift_seeds:
-                idx = pools.biased(data.pool, master, key, value, None if alpha == "natural" else alpha,
-                                   args.shift_pool_size, seed)
-                share = float(np.mean([pools.in_group(data.pool[i], key, value) for i in idx]))
-                runs.append((f"shift_a{share:.2f}", idx, seed, list(args.shift_strategies) + args.shift_variants,
-                             shift_cfg))
-            shift["alpha_keys"].append(f"shift_a{share:.2f}")
-            shift["alphas"].append(share)
+    shift = None if args.no_pool_shift else _add_shift_runs(args, data, master, shift_cfg, runs)
 
     for key, pool, _, _, cfg in runs:
         need = cfg.n_initial + cfg.rounds * cfg.batch
@@ -272,38 +312,11 @@ def main(argv=None) -> int:
                   for name in labels}
     payload = {"strategies": strategies, "summary": report.summary(strategies),
                "selection_mix": selection_mix(strategies, data.pool),
-               "config": {"quick": args.quick, "argv": sys.argv[1:], "seeds": args.seeds,
-                          "domain": args.domain, "pool_size": len(master),
-                          "dataset_pool": len(data.pool), "test_id": n_id, "test_shift": n_shift,
-                          "data_recipe": recipe.__dict__, "loop": {**loop_cfg.__dict__,
-                                                                   "finetune": loop_cfg.finetune.__dict__},
-                          "shift_rounds": args.shift_rounds,
-                          "strategy_args": strategy_args,
-                          "variants": {label: {"strategy": name, **o} for label, name, o in args.variants}, "dim": args.dim, "force_rows": args.force_rows,
-                          "energy_weight": args.energy_weight, "feature_seconds": feature_seconds,
-                          "units": {"energy": "eV/atom", "force": "eV/A (per component)",
-                                    "seconds": "wall clock, 1 torch thread per worker"},
-                          "test_keys": {"id": "energy_mae ...", "shift": "shift_energy_mae ..."},
-                          "workers": args.workers, "cpu_count": os.cpu_count()}}
+               "config": _config(args, recipe, loop_cfg, strategy_args, feature_seconds,
+                                 pool_size=len(master), dataset_pool=len(data.pool), test_id=n_id,
+                                 test_shift=n_shift)}
     if shift is not None:
-        shift_labels = list(args.shift_strategies) + [v[0] for v in args.shift_variants]
-        shift["strategies"] = shift_labels
-        shift["variants"] = {label: {"strategy": name, **o} for label, name, o in args.shift_variants}
-        shift["seeds"] = list(args.shift_seeds)
-        shift["results"] = {}
-        for pool_key in shift["alpha_keys"]:
-            shift["results"][pool_key] = {}
-            for name in shift_labels:
-                recs = [results[(pool_key, s, name)]["record"] for s in args.shift_seeds]
-                row = {}
-                for key in report.CURVE_KEYS:
-                    if key not in recs[0]:
-                        continue
-                    finals = np.array([r[key][-1] for r in recs])
-                    row[f"{key}_mean"], row[f"{key}_std"] = float(finals.mean()), float(finals.std())
-                row["n_labels"] = recs[0]["n_labels"][-1]
-                shift["results"][pool_key][name] = row
-        payload["pool_shift"] = shift
+        payload["pool_shift"] = _shift_results(args, shift, results)
     payload["config"]["wall_seconds"] = time.perf_counter() - t_start
 
     out = os.path.abspath(args.out)
