@@ -55,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from ase.calculators.calculator import Calculator, all_changes
 
-from .data import CACHE_DIR, Dataset
+from .data import CACHE_DIR, Dataset, make_cache_dir
 
 DATA_VERSION = 1
 XTB_SETTINGS = {"method": "GFN1-xTB", "electronic_temperature": 1000.0, "accuracy": 1.0, "max_iterations": 250}
@@ -569,11 +569,7 @@ def load_adsorbates(cache_dir: str, recipe: AdsorbateRecipe | None = None, worke
     from ase.io import read
 
     recipe = recipe or AdsorbateRecipe()
-    os.makedirs(cache_dir, exist_ok=True)
-    ignore = os.path.join(cache_dir, ".gitignore")
-    if not os.path.exists(ignore):
-        with open(ignore, "w") as fh:
-            fh.write("*\n")
+    make_cache_dir(cache_dir)
     path = os.path.join(cache_dir, f"{recipe.key()}.extxyz")
     if not os.path.exists(path):
         generate(recipe, cache_dir, workers, log=print if verbose else (lambda *_: None))

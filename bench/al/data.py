@@ -180,6 +180,15 @@ def generate(recipe: DataRecipe) -> Dataset:
     return Dataset(pool, test_id, test_shift, recipe, time.perf_counter() - t0)
 
 
+def make_cache_dir(cache_dir: str) -> None:
+    """Create the cache directory, git-ignored as a whole."""
+    os.makedirs(cache_dir, exist_ok=True)
+    ignore = os.path.join(cache_dir, ".gitignore")
+    if not os.path.exists(ignore):
+        with open(ignore, "w") as fh:
+            fh.write("*\n")
+
+
 def load_dataset(cache_dir: str, recipe: DataRecipe | None = None, verbose: bool = True) -> Dataset:
     """The dataset for ``recipe``, from the cache when present, else generated and cached.
 
@@ -188,11 +197,7 @@ def load_dataset(cache_dir: str, recipe: DataRecipe | None = None, verbose: bool
     recipe = recipe or DataRecipe()
     if hasattr(recipe, "load"):
         return recipe.load(cache_dir, verbose)
-    os.makedirs(cache_dir, exist_ok=True)
-    ignore = os.path.join(cache_dir, ".gitignore")
-    if not os.path.exists(ignore):
-        with open(ignore, "w") as fh:
-            fh.write("*\n")
+    make_cache_dir(cache_dir)
     path = os.path.join(cache_dir, f"al_data_{recipe.key()}.extxyz")
     if os.path.exists(path):
         frames = read(path, index=":")
