@@ -282,7 +282,9 @@ def test_cli_md_collects_then_selects(tmp_path, capsys, featurizer):
     assert main(base + ["--out", str(tmp_path / "a.extxyz")]) == 0
     printed = capsys.readouterr().out
     assert "unit='eV/A'" in printed and "5 frames measured" in printed
-    assert f"ntkal select --model toy --train {tmp_path / 'train.extxyz'} --pool {tmp_path / 'a.extxyz'}" in printed
+    # the command repeats this run's model and feature options, none of md's own
+    assert (f"next: label a batch of the collected frames: ntkal select --model toy --dim 32 --no-progress --seed 1 "
+            f"--train {tmp_path / 'train.extxyz'} --pool {tmp_path / 'a.extxyz'} -n N --out selected.extxyz") in printed
     assert [f.info["ntkal_step"] for f in ase.io.read(tmp_path / "a.extxyz", index=":")] == [0, 5, 10, 15, 20]
     assert main(base + ["--out", str(tmp_path / "b.extxyz"), "-n", "2", "--select-out",
                         str(tmp_path / "sel.extxyz")]) == 0
@@ -295,3 +297,62 @@ def test_cli_md_collects_then_selects(tmp_path, capsys, featurizer):
     assert "ntkal md: error: --temperature must be T or T_START:T_END" in capsys.readouterr().err
     assert main(base + ["--out", str(tmp_path / "e.extxyz"), "--collect", "-1"]) == 2
     assert "collect must be a positive finite number" in capsys.readouterr().err
+
+
+def test_cli_md_refuses_a_bad_signal_and_out_before_loading_the_model(tmp_path, capsys, monkeypatch):
+    import ntkal.cli as cli
+
+    monkeypatch.setattr(cli, "_featurizer", lambda args: pytest.fail("the model was loaded"))
+    base = ["md", "--model", "toy", "--no-progress", "--train", "t.extxyz", "--structure", "s.extxyz", "--steps", "5"]
+    with pytest.raises(SystemExit) as exc:
+        main(base + ["--signal", "max"])
+    assert exc.value.code == 2 and "invalid choice: 'max'" in capsys.readouterr().err
+    ase.io.write(tmp_path / "s.extxyz", cell(0))
+    base[base.index("s.extxyz")] = str(tmp_path / "s.extxyz")
+    assert main(base + ["--collect", "0.1", "--out", str(tmp_path / "x.traj")]) == 2
+    assert "--out must be an extended XYZ file" in capsys.readouterr().err
+    assert main(base + ["--timestep", "0"]) == 2
+    assert "--timestep must be a positive finite number" in capsys.readouterr().err
+
+
+def test_a_failed_write_leaves_no_partial_frame(tmp_path, monkeypatch):
+    import os
+
+    from ntkal.md.collect import FrameAppender
+
+    path = tmp_path / "flagged.extxyz"
+    appender = FrameAppender(path, where="test")
+    appender.append(cell(0))
+    size = path.stat().st_size
+    real_write = os.write
+
+    def half_then_full_disk(fd, data):
+        real_write(fd, data[: len(data) // 2])
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        appender.append(cell(1))
+    monkeypatch.undo()
+    assert path.stat().st_size == size  # the half frame was cut off again
+    assert FrameAppender(path, where="test").existing == 1  # and the file is accepted for appending
+
+
+def test_run_stops_cleanly_when_the_model_cannot_go_on(featurizer):
+    from ntkal.md import run_langevin
+
+    class FailsAtStep(ModelCalculator):
+        calls = 0
+
+        def calculate(self, *args, **kwargs):
+            FailsAtStep.calls += 1
+            if FailsAtStep.calls > 12:
+                raise ntkal.InvalidArgumentError("toy: atom 3 has no neighbour")
+            super().calculate(*args, **kwargs)
+
+    monitor = Monitor(featurizer, labelled(featurizer, 8, 0.1, seed=2), every=5)
+    result = run_langevin(cell(3), FailsAtStep(models.toy()), monitor, steps=50, temperature=(600, 600), seed=1,
+                          progress=False)
+    assert result.stopped is not None and "no neighbour" in str(result.stopped)
+    assert result.halted is None
+    assert result.steps == 11 and [r["step"] for r in monitor.records] == [0, 5, 10]  # what was measured stands

@@ -96,7 +96,7 @@ def featurize_chunk(featurizer, structures, first: int, label: str, left_out: di
     skipped = dict(left_out)
     todo = [i for i in range(len(structures)) if i not in skipped]
     parts = {}
-    call = _checked_call(featurizer)
+    call = checked_call(featurizer)
     try:
         if len(todo) == len(structures):
             blocks = call(structures)
@@ -224,7 +224,7 @@ def run_chunk(featurizer, ctx: ChunkContext, task: ChunkTask) -> ChunkResult:
                       skipped_local.items()}, cached, 0.0, int(host.dim))
     if ctx.forces:
         structures = structures or [unpack(p) for p in task.structures]
-        predict = _checked_call(featurizer.predict_forces)  # the run's check pass checked them
+        predict = checked_call(featurizer.predict_forces)  # the run's check pass checked them
         out.forces = [None if out.sizes[i] == 0 else predict(a) for i, a in enumerate(structures)]
     if ctx.posterior is not None or ctx.prior is not None:
         _score(ctx, task, blocks, out)
@@ -277,7 +277,7 @@ def _score(ctx: ChunkContext, task: ChunkTask, blocks, out: ChunkResult) -> None
     out.score_seconds = time.perf_counter() - t_score
 
 
-def _checked_call(fn):
+def checked_call(fn):
     """``fn`` told that its structures were checked already (``checked=True``), when it takes that keyword:
     every structure is checked once per run, by the check pass (:mod:`ntkal.check_pass`)."""
     try:

@@ -15,8 +15,11 @@ import time
 
 import numpy as np
 
+from ._validation import as_int, as_positive_float
 from .errors import InvalidArgumentError, fail
-from .options import CALIBRATE, FORCE_METHODS, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, ON_ERROR, SKETCH_KINDS, STRATA, STRATEGIES
+from .feature_store import is_store
+from .options import (CALIBRATE, FORCE_METHODS, KERNELS, LOSS_ENERGY_TERMS, LOSS_FORCE_TERMS, MD_SIGNALS, ON_ERROR,
+                      SKETCH_KINDS, STRATA, STRATEGIES)
 
 __all__ = ["main", "build_parser"]
 
@@ -421,14 +424,15 @@ def _add_md(sub) -> None:
     p.add_argument("--halt", type=float, default=None, help="stop the run at a frame at or above this uncertainty")
     p.add_argument("--out", default="flagged.extxyz", help="extxyz file collected frames are appended to "
                    "(default flagged.extxyz)")
-    p.add_argument("--signal", default=None, help="frame value: atom (most uncertain atom; default when the model "
-                   "has per-atom features) or structure (joint-NTK PV)")
+    p.add_argument("--signal", default=None, choices=MD_SIGNALS, help="frame value: atom (most uncertain atom; "
+                   "default when the model has per-atom features) or structure (joint-NTK PV)")
     p.add_argument("--calibrate", default="auto", choices=CALIBRATE, help="eV/A from the training forces: auto "
                    "(default, when every training structure has forces), on, off (relative units)")
     p.add_argument("--noise-var", type=float, default=1e-3, help="posterior noise variance (default 1e-3)")
     p.add_argument("-n", type=int, default=None, help="after the run, select this many collected frames "
                    "(ntkal select's defaults) and write them to --select-out")
     p.add_argument("--select-out", default="selected.extxyz", help="with -n: output file (default selected.extxyz)")
+    _add_on_error(p)
     _add_model_args(p)
 
 
@@ -436,11 +440,18 @@ def cmd_md(args) -> int:
     import ase.io
 
     from .md import Monitor, parse_temperature, run_langevin
+    from .md.collect import FrameAppender
     from .torch.calculator import ModelCalculator
 
     temperature = parse_temperature(args.temperature)
     if args.collect is None and args.n is not None:
         fail("ntkal md", "-n selects from the collected frames: give --collect")
+    for value, option in ((args.steps, "--steps"), (args.every, "--every")):
+        as_int(value, "ntkal md", option, low=1)  # before the model loads and the training set is featurized
+    for value, option in ((args.timestep, "--timestep"), (args.friction, "--friction")):
+        as_positive_float(value, "ntkal md", option)
+    if args.collect is not None:
+        FrameAppender(args.out, where="ntkal md", arg="--out")  # an extxyz file of whole frames, writable
     try:
         atoms = ase.io.read(args.structure, index=0)
     except Exception as exc:  # noqa: BLE001 - any reader failure, named
@@ -456,19 +467,42 @@ def cmd_md(args) -> int:
                        seed=args.seed, progress=not args.no_progress)
     print(f"ran {run.steps} steps in {run.seconds:.1f}s ({temperature[0]:g} -> {run.final_temperature:.0f} K)")
     print(monitor.summary())
+    if run.stopped is not None:  # the model could not go on (e.g. an atom left without neighbours)
+        print(f"ntkal md: error: the run stopped at step {run.steps}: {run.stopped}", file=sys.stderr)
     if args.collect is None:
-        return 0
+        return 2 if run.stopped is not None else 0
     total = monitor.out_frames
-    command = (f"ntkal select --model {args.model} --train {args.train} --pool {args.out} -n N "
-               f"--out {args.select_out}")
-    if args.n is None:
+    command = _select_command(args)
+    if args.n is None or run.stopped is not None:
         print(f"next: label a batch of the collected frames: {command}")
-        return 0
-    if total < args.n:
+    elif total < args.n:
         print(f"-n {args.n}: only {total} frames in {args.out}; nothing selected (lower --collect or run longer), "
               f"or later: {command}")
-        return 0
-    _select_collected(args, featurizer, total)
+    else:
+        _select_collected(args, featurizer, total)
+    return 2 if run.stopped is not None else 0
+
+
+# ntkal md's own options (each takes one value); the rest of its command line is the model's, as select takes it
+_MD_ONLY = {"--train", "--structure", "--temperature", "--steps", "--timestep", "--friction", "--every", "--collect",
+            "--halt", "--out", "--signal", "--calibrate", "-n", "--select-out"}
+
+
+def _select_command(args) -> str:
+    """The ntkal select command that picks from the collected frames with the model and features this run used."""
+    import shlex
+
+    words, tokens = [], args.argv[args.argv.index("md") + 1:]
+    skip = False
+    for token in tokens:
+        if skip:
+            skip = False
+        elif token in _MD_ONLY:
+            skip = True
+        elif token.split("=", 1)[0] not in _MD_ONLY:
+            words.append(token)
+    train = [] if is_store(args.train) else ["--train", args.train]  # select needs training structures
+    return shlex.join(["ntkal", "select", *words, *train, "--pool", args.out, "-n", "N", "--out", args.select_out])
     return 0
 
 
@@ -482,10 +516,13 @@ def _select_collected(args, featurizer, total: int) -> None:
 
     with tempfile.TemporaryDirectory(prefix="ntkal-md-") as scratch:
         pool = StructureSource(args.out, where="ntkal md", arg="--out").spooled(os.path.join(scratch, "pool"))
-        train = None if not os.path.isfile(args.train) else StructureSource(
+        train = None if is_store(args.train) else StructureSource(
             args.train, where="ntkal md", arg="--train").spooled(os.path.join(scratch, "train"))
+        if train is None:
+            print(f"-n: --train {args.train} is a feature store: the batch is selected without a training set")
         result = acquire(featurizer, train, pool, args.n, seed=args.seed, progress=not args.no_progress,
-                         workers=1, noise_var=args.noise_var)
+                         noise_var=args.noise_var, chunk_size=args.chunk_size, on_error=args.on_error,
+                         workers=args.workers, client=_client(args))
         chosen = pool.take(result.indices)
     _write_selection(args.select_out, chosen, result)
     print(result.summary(max_items=len(result), structures=chosen))
@@ -560,6 +597,7 @@ def _check_picture(value: str, option: str) -> None:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # ntkal md repeats its model options in a command
     if args.command is None:
         parser.print_help()
         return 2

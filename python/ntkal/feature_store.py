@@ -51,6 +51,13 @@ _REMEDY = ("recompute them with the writer that made this store (compute_feature
            "and the same structures): it keeps every good chunk and recomputes only the others")
 
 
+
+def is_store(value) -> bool:
+    """Whether ``value`` is a feature store: a :class:`FeatureStore` or the path of a store's directory."""
+    return isinstance(value, FeatureStore) or (isinstance(value, (str, os.PathLike))
+                                               and os.path.isfile(os.path.join(value, "zarr.json")))
+
+
 class FeatureStoreError(InvalidArgumentError):
     """A stored label cannot be read whole: a gap, a chunk of other structures, or a failed check.
 

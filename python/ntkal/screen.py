@@ -8,19 +8,12 @@ quotas per stratum and one :func:`ntkal.select` per stratum; ``ntkal score`` is 
 """
 from __future__ import annotations
 
-import os
-
-from .feature_store import FeatureStore
+from .feature_store import is_store
 from .screen_result import Screen
 from .screening import ScreenOptions, Screening
 from .store_screen import screen_store
 
 __all__ = ["Screen", "screen"]
-
-
-def _is_store(value) -> bool:
-    return isinstance(value, FeatureStore) or (isinstance(value, (str, os.PathLike))
-                                               and os.path.isfile(os.path.join(value, "zarr.json")))
 
 
 def screen(featurizer_or_store, train, pool, *, shortlist: int = 100, noise_var: float = 1e-3, chunk_size: int = 64,
@@ -64,7 +57,7 @@ def screen(featurizer_or_store, train, pool, *, shortlist: int = 100, noise_var:
     -------
     Screen
     """
-    if _is_store(featurizer_or_store):
+    if is_store(featurizer_or_store):
         return screen_store(featurizer_or_store, train, pool, k=shortlist, noise_var=noise_var, progress=progress,
                             intensive=intensive, scale=scale, precision=precision, workers=workers, client=client)
     opts = ScreenOptions.checked("screen", k=shortlist, noise_var=noise_var, chunk_size=chunk_size, cache=cache,

@@ -56,11 +56,15 @@ class FrameAppender:
         ase.io.write(text, atoms, format="extxyz")
         data = text.getvalue().encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        start = os.lseek(fd, 0, os.SEEK_END)
         try:
             done = os.write(fd, data)
             while done < len(data):  # a regular file takes it whole; only a full disk stops short
                 done += os.write(fd, data[done:])
             os.fsync(fd)
+        except BaseException:
+            os.ftruncate(fd, start)  # a failed write (full disk, I/O error) leaves no partial frame behind
+            raise
         finally:
             os.close(fd)
         self.written += 1

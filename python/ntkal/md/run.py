@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._validation import as_int, as_positive_float
-from ..errors import fail
+from ..errors import InvalidArgumentError, fail
 from ..progress import bar as progress_bar
 from .monitor import UncertaintyHalt
 
@@ -26,6 +26,9 @@ class LangevinRun:
     seconds : float
         Wall time of the dynamics, monitor included.
     halted : UncertaintyHalt or None
+    stopped : InvalidArgumentError or None
+        Why the dynamics stopped early when the model could not go on (e.g. an atom left without
+        neighbours); the frames measured and collected until then stand.
     final_temperature : float
         Target temperature at the last step (K).
     """
@@ -34,6 +37,7 @@ class LangevinRun:
     seconds: float
     halted: UncertaintyHalt | None
     final_temperature: float
+    stopped: InvalidArgumentError | None = None
 
 
 def parse_temperature(text: str, where: str = "ntkal md", arg: str = "--temperature") -> tuple[float, float]:
@@ -98,11 +102,13 @@ def run_langevin(atoms, calculator, monitor, *, steps: int, temperature=(300.0, 
     dyn.attach(ramp, interval=1)
     monitor.attach(dyn, interval=1)
     dyn.attach(lambda: bar.update(1) if dyn.nsteps > 0 else None, interval=1)
-    halted, t0 = None, time.perf_counter()
+    halted, stopped, t0 = None, None, time.perf_counter()
     try:
         dyn.run(steps)
     except UncertaintyHalt as exc:
         halted = exc
+    except InvalidArgumentError as exc:  # the model cannot evaluate the structure the dynamics reached
+        stopped = exc
     finally:
         bar.close()
-    return LangevinRun(int(dyn.nsteps), time.perf_counter() - t0, halted, float(target["T"]))
+    return LangevinRun(int(dyn.nsteps), time.perf_counter() - t0, halted, float(target["T"]), stopped)

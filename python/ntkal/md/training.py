@@ -1,15 +1,15 @@
 """The training set a monitor's posteriors are built from: structures (with or without forces) or a feature store."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..check_pass import has_forces, reference_forces
+from ..chunk_task import checked_call
 from ..blocks import Blocks
 from ..errors import fail
-from ..feature_store import FeatureStore
+from ..feature_store import FeatureStore, is_store
 from ..strata import composition_key
 from ..structures import StructureSource
 
@@ -55,13 +55,6 @@ class TrainingSet:
         return None if self.structures is None else np.array([len(a) for a in self.structures], dtype=np.float64)
 
 
-def _is_store(train) -> bool:
-    if isinstance(train, FeatureStore):
-        return True
-    return isinstance(train, (str, os.PathLike)) and os.path.isdir(train) and \
-        os.path.isfile(os.path.join(train, "zarr.json"))
-
-
 def _from_store(featurizer, train, where: str) -> TrainingSet:
     store = train if isinstance(train, FeatureStore) else FeatureStore(train, where=where, arg="train")
     if hasattr(featurizer, "fingerprint") and store.fingerprint != featurizer.fingerprint():
@@ -91,7 +84,7 @@ def load_training(featurizer, train, *, where: str, want_forces: str, progress: 
     if train is None:
         fail(where, "train must be training structures (list, extxyz or ASE db) or a "
                     "feature store; got None")
-    if _is_store(train):
+    if is_store(train):
         if want_forces == "on":
             fail(where, "calibrate='on' needs training structures with forces; a feature "
                         "store holds features only")
@@ -110,7 +103,8 @@ def load_training(featurizer, train, *, where: str, want_forces: str, progress: 
             forces.append(None)
     if any(f is None for f in forces):
         forces = None
-    blocks = featurizer(structures, progress=progress) if _takes_progress(featurizer) else featurizer(structures)
+    call = checked_call(featurizer)  # checked just above, one structure at a time
+    blocks = call(structures, progress=progress) if _takes_progress(featurizer) else call(structures)
     if not isinstance(blocks, Blocks) or len(blocks) != len(structures):
         fail(where, f"featurizer must return ntkal.Blocks with one block per structure; got "
                     f"{type(blocks).__name__}")
