@@ -20,7 +20,8 @@ real force errors, a 3-member committee at its cost, what thresholds keep, and f
    (``--random-seeds``), and by DP-GEN's recipe (random within the committee window, ``--dpgen-seeds``); force
    MAE on the test trajectories. "Training set only" is the model itself (the same fine-tuning).
 
-Stages are cached in ``--run-dir`` (labelled frames, checkpoints), so a rerun only redoes what is missing.
+Stages are cached in ``--run-dir``/{full,quick}_seed{--seed} (labelled frames, checkpoints), so a rerun only redoes what
+is missing.
 
 Usage: nice -n 10 python bench/md_evidence.py --run-dir bench/.cache/md_evidence --json bench/results/md_evidence.json
 """
@@ -122,16 +123,18 @@ def members(run_dir: str, train: list, config, seeds=(0, 1, 2)) -> tuple[list, l
     for seed in seeds:
         path = os.path.join(run_dir, f"member{seed}.pth.tar")
         timing = path + ".seconds"
-        if not os.path.exists(path):
+        if not (os.path.exists(path) and os.path.exists(timing)):
             if graphs is None:
                 graphs, labels = M.to_graphs(M.pretrained(), train), M.Labels(train)
             net, took = M.finetune(graphs, labels, np.arange(len(train)), config, seed=seed)
-            torch.save({"model": net.as_dict()}, path)
             with open(timing, "w") as fh:
                 fh.write(str(took))
+            torch.save({"model": net.as_dict()}, path + ".tmp")
+            os.replace(path + ".tmp", path)  # the checkpoint appears whole, after its timing
             print(f"  member {seed}: fine-tuned in {took:.1f}s", flush=True)
         paths.append(path)
-        seconds.append(float(open(timing).read()))
+        with open(timing) as fh:
+            seconds.append(float(fh.read()))
     return paths, seconds
 
 
@@ -376,6 +379,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny trajectories and fine-tuning")
     args = p.parse_args(argv)
+    # cached stages depend on these settings: a smoke run never feeds a full one, nor one seed another
+    args.run_dir = os.path.join(args.run_dir, f"{'quick' if args.quick else 'full'}_seed{args.seed}")
     if args.quick:
         for domain in PROTOCOL.values():
             domain.update(watch=domain["every"] * 4, test=domain["every"] * 2, train=3)
