@@ -118,8 +118,10 @@ def test_a_task_is_deterministic_in_its_seed():
     seed = np.random.SeedSequence([A.SMOKE.seed, 211]).spawn(1)[0]
     (first,), _ = A.run_task(task, seed)
     (second,), _ = A.run_task(task, seed)
-    np.testing.assert_array_equal(first.positions, second.positions)
-    assert first.get_potential_energy() == second.get_potential_energy()
+    np.testing.assert_array_equal(first.positions, second.positions)  # the geometry: bit for bit
+    # the xTB label: to SCF rounding (tblite's threaded reductions differ in the last bits run to run, as CI saw)
+    assert first.get_potential_energy() == pytest.approx(second.get_potential_energy(), rel=1e-12, abs=1e-9)
+    np.testing.assert_allclose(first.get_forces(), second.get_forces(), rtol=0, atol=1e-8)
 
 
 def test_md_driver_forces_are_its_energy_gradient():
