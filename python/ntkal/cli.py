@@ -503,7 +503,6 @@ def _select_command(args) -> str:
             words.append(token)
     train = [] if is_store(args.train) else ["--train", args.train]  # select needs training structures
     return shlex.join(["ntkal", "select", *words, *train, "--pool", args.out, "-n", "N", "--out", args.select_out])
-    return 0
 
 
 def _select_collected(args, featurizer, total: int) -> None:

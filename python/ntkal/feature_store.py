@@ -51,7 +51,6 @@ _REMEDY = ("recompute them with the writer that made this store (compute_feature
            "and the same structures): it keeps every good chunk and recomputes only the others")
 
 
-
 def is_store(value) -> bool:
     """Whether ``value`` is a feature store: a :class:`FeatureStore` or the path of a store's directory."""
     return isinstance(value, FeatureStore) or (isinstance(value, (str, os.PathLike))

@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..blocks import Blocks
 from ..check_pass import has_forces, reference_forces
 from ..chunk_task import checked_call
-from ..blocks import Blocks
 from ..errors import fail
 from ..feature_store import FeatureStore, is_store
 from ..strata import composition_key
